@@ -1,0 +1,325 @@
+"""Synchronous A2C: `workers` vmapped environments act in lockstep, one averaged update per rollout.
+
+The whole update loop between two log points is one jitted call: a `lax.fori_loop` over updates,
+each a `lax.scan` rollout plus a gradient step, `vmap`ped over independent seeds and split across
+devices with `jax.shard_map` (the environment batch is sharded, gradients are averaged with
+`lax.pmean`). The host only touches the state once per logging interval.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxac import core
+from jaxac.envs import EnvCarry, EnvSpec, reset_envs
+from jaxac.episodes import EpisodeStats, RecentEpisodes, add_episodes
+from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
+from jaxac.optim import current_lr
+from jaxac.signals import StopRequest
+
+AXIS = "devices"  # mesh axis the environment batch is split over
+
+
+@struct.dataclass
+class TrainState:
+    """Everything one A2C agent needs to continue training (one per seed; leading axis = seed)."""
+
+    params: Any
+    opt_state: Any
+    obs_stats: ObsStats
+    envs: EnvCarry  # leading axis: environments, sharded across devices
+    recent: RecentEpisodes
+    update: jax.Array  # updates applied so far
+    solved_update: jax.Array  # first update after which the last-100 mean reached the threshold
+
+
+@struct.dataclass
+class IntervalMetrics:
+    """Sums over the updates of one logging interval (per seed)."""
+
+    updates: jax.Array
+    policy_loss: jax.Array
+    value_loss: jax.Array
+    entropy: jax.Array
+    grad_norm: jax.Array
+    episodes: EpisodeStats
+
+    @classmethod
+    def empty(cls) -> "IntervalMetrics":
+        z = jnp.float32(0)
+        return cls(jnp.int32(0), z, z, z, z, EpisodeStats.empty())
+
+
+@dataclass
+class A2CSettings:
+    """The static (trace-time) settings of an A2C trainer."""
+
+    spec: EnvSpec
+    apply_fn: Callable
+    init_params: Callable[[jax.Array], Any]
+    tx: optax.GradientTransformation
+    loss: core.LossConfig
+    workers: int
+    rollout_length: int
+    seeds: int
+    solve_threshold: float | None
+
+
+def seed_keys(seed: int, seeds: int) -> jax.Array:
+    """One key per independent agent; agent i's key depends only on (seed, i)."""
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(seeds))
+
+
+def gather_batch(x: jax.Array) -> jax.Array:
+    """All shards of a `[T, B_local]` array, concatenated along the batch axis in device order.
+
+    Written as a psum of each shard placed at its offset (exact: every position has one non-zero
+    term) because the result is then typed as the same on every device, which `all_gather`'s is not.
+    """
+    b_local = x.shape[1]
+    full = jnp.zeros((x.shape[0], b_local * jax.lax.axis_size(AXIS)), x.dtype)
+    full = jax.lax.dynamic_update_slice_in_dim(full, x, jax.lax.axis_index(AXIS) * b_local, axis=1)
+    return jax.lax.psum(full, AXIS)
+
+
+class A2CTrainer:
+    """Builds, shards and runs the jitted A2C update loop."""
+
+    def __init__(self, settings: A2CSettings, devices: list[Any]):
+        self.s = settings
+        self.devices = devices
+        self.mesh = Mesh(np.array(devices), (AXIS,))
+        self.steps_per_update = settings.workers * settings.rollout_length
+        self._run = jax.jit(self._sharded_run(), donate_argnums=0)
+
+    # ----- state -----------------------------------------------------------------------------
+    def init_state(self, seed: int) -> TrainState:
+        """Fresh agents for seeds (seed, 0..seeds-1), placed on the mesh."""
+        s = self.s
+
+        def init_one(key):
+            k_params, k_envs = jax.random.split(key)
+            params = s.init_params(k_params)
+            return TrainState(
+                params=params,
+                opt_state=s.tx.init(params),
+                obs_stats=init_obs_stats(s.spec.obs_shape),
+                envs=reset_envs(s.spec, jax.random.split(k_envs, s.workers)),
+                recent=RecentEpisodes.empty(),
+                update=jnp.int32(0),
+                solved_update=jnp.int32(-1),
+            )
+
+        state = jax.jit(jax.vmap(init_one))(seed_keys(seed, s.seeds))
+        return jax.device_put(state, self._shardings(state))
+
+    def _specs(self, state: TrainState) -> TrainState:
+        """PartitionSpecs: environments split over devices along their batch axis, rest replicated."""
+        replicated = jax.tree.map(lambda _: P(), state)
+        return replicated.replace(envs=jax.tree.map(lambda _: P(None, AXIS), state.envs))
+
+    def _shardings(self, state: TrainState) -> TrainState:
+        return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), self._specs(state),
+                            is_leaf=lambda x: isinstance(x, P))
+
+    # ----- one update (per seed, per device shard) -------------------------------------------
+    def _update(self, state: TrainState) -> tuple[TrainState, IntervalMetrics]:
+        s = self.s
+        envs, traj = core.rollout(s.apply_fn, state.params, state.obs_stats, state.envs, s.spec,
+                                  s.rollout_length, s.loss.normalize_obs)
+        grads, info = core.gradients(state.params, s.apply_fn, state.obs_stats, traj, s.loss)
+        # Each device averaged over its shard; averaging shards gives the full-batch mean.
+        grads, info = jax.lax.pmean((grads, info), AXIS)
+        updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        obs_flat = traj.obs_tm1.reshape((-1,) + s.spec.obs_shape)
+        obs_stats = update_obs_stats(state.obs_stats, obs_flat, s.loss.normalize_obs, AXIS)
+
+        # Episode bookkeeping sees the whole batch, in global order, on every device.
+        done = gather_batch(traj.done_t.astype(jnp.int32)).astype(bool)
+        ep_return = gather_batch(traj.episode_return)
+        ep_length = gather_batch(traj.episode_length)
+        recent = add_episodes(state.recent, ep_return, done)
+        update = state.update + 1
+        threshold = jnp.inf if s.solve_threshold is None else s.solve_threshold
+        newly_solved = (state.solved_update < 0) & (recent.full_mean() >= threshold)
+        state = TrainState(params, opt_state, obs_stats, envs, recent, update,
+                           jnp.where(newly_solved, update, state.solved_update))
+        metrics = IntervalMetrics(jnp.int32(1), info.policy_loss, info.value_loss, info.entropy,
+                                  optax.global_norm(grads),
+                                  EpisodeStats.of(ep_return, ep_length, done))
+        return state, metrics
+
+    def _sharded_run(self) -> Callable:
+        def run(state: TrainState, num_updates: jax.Array):
+            def body(_, carry):
+                st, acc = carry
+                st, m = jax.vmap(self._update)(st)
+                acc = IntervalMetrics(acc.updates + m.updates, acc.policy_loss + m.policy_loss,
+                                      acc.value_loss + m.value_loss, acc.entropy + m.entropy,
+                                      acc.grad_norm + m.grad_norm, acc.episodes.merge(m.episodes))
+                return st, acc
+
+            acc0 = jax.vmap(lambda _: IntervalMetrics.empty())(jnp.arange(self.s.seeds))
+            return jax.lax.fori_loop(0, num_updates, body, (state, acc0))
+
+        def sharded(state: TrainState, num_updates: jax.Array):
+            specs = self._specs(state)
+            metrics_specs = jax.tree.map(lambda _: P(), jax.eval_shape(
+                lambda: jax.vmap(lambda _: IntervalMetrics.empty())(jnp.arange(self.s.seeds))))
+            return jax.shard_map(run, mesh=self.mesh, in_specs=(specs, P()),
+                                 out_specs=(specs, metrics_specs))(state, num_updates)
+
+        return sharded
+
+    # ----- public ----------------------------------------------------------------------------
+    def compile(self, state: TrainState) -> float:
+        """Compile the update loop ahead of time; returns the seconds it took."""
+        start = time.perf_counter()
+        self._compiled = self._run.lower(state, jnp.int32(1)).compile()
+        return time.perf_counter() - start
+
+    def run_updates(self, state: TrainState, num_updates: int) -> tuple[TrainState, dict]:
+        """Apply `num_updates` updates to every seed; returns the new state and per-seed metrics."""
+        run = getattr(self, "_compiled", None) or self._run
+        state, acc = run(state, jnp.int32(num_updates))
+        # Fetch only the small pieces the metrics need, not the environment states.
+        progress = jax.device_get((acc, state.recent, state.update, state.solved_update,
+                                   current_lr(state.opt_state)))
+        return state, interval_rows(*progress, steps_per_update=self.steps_per_update)
+
+
+def interval_rows(acc: IntervalMetrics, recent: RecentEpisodes, update: np.ndarray,
+                  solved_update: np.ndarray, lr: np.ndarray, steps_per_update: int) -> list[dict]:
+    """Turn the summed interval metrics of every seed into one plain dict per seed."""
+    rows = []
+    for i in range(len(update)):
+        n = max(int(acc.updates[i]), 1)
+        eps = int(acc.episodes.count[i])
+        in_window = int(recent.count[i])
+        recent_mean = float(recent.returns[i][:in_window].mean()) if in_window else None
+        solved = int(solved_update[i])
+        rows.append({
+            "seed_index": i,
+            "updates": int(update[i]),
+            "env_steps": int(update[i]) * steps_per_update,
+            "episodes": eps,
+            "episode_return_mean": float(acc.episodes.return_sum[i]) / eps if eps else None,
+            "episode_return_min": float(acc.episodes.return_min[i]) if eps else None,
+            "episode_return_max": float(acc.episodes.return_max[i]) if eps else None,
+            "episode_length_mean": float(acc.episodes.length_sum[i]) / eps if eps else None,
+            "return_last100": recent_mean,
+            "episodes_in_last100": in_window,
+            "policy_loss": float(acc.policy_loss[i]) / n,
+            "value_loss": float(acc.value_loss[i]) / n,
+            "entropy": float(acc.entropy[i]) / n,
+            "grad_norm": float(acc.grad_norm[i]) / n,
+            "learning_rate": float(lr[i]),
+            "solved_env_steps": solved * steps_per_update if solved >= 0 else None,
+        })
+    return rows
+
+
+def total_updates(total_steps: int, steps_per_update: int) -> int:
+    """Updates that fit in `total_steps` (never more environment steps than asked for)."""
+    return max(1, total_steps // steps_per_update)
+
+
+def updates_per_log(log_interval: int, steps_per_update: int) -> int:
+    return max(1, math.ceil(log_interval / steps_per_update))
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) training run hands to the run directory writer."""
+
+    params: Any  # leading axis: seed
+    obs_stats: ObsStats
+    env_steps: int  # per seed
+    compile_seconds: float
+    train_seconds: float  # wall time of the whole training loop, compilation included
+    steps_per_second: list[float]  # one per logging interval, all seeds together
+    solved_env_steps: list[int | None]  # per seed
+    solved_wall_seconds: list[float | None]  # per seed, since training started (with compile)
+    interrupted: bool = False
+
+
+def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A2CTrainer:
+    """An A2CTrainer for a validated Hydra config."""
+    from jaxac.config import loss_config, optim_config, steps_per_update
+    from jaxac.envs import solve_threshold
+    from jaxac.optim import make_optimizer
+
+    n_updates = total_updates(cfg.total_steps, steps_per_update(cfg))
+    settings = A2CSettings(
+        spec=spec,
+        apply_fn=network.apply,
+        init_params=lambda key: network.init(key, jnp.zeros((1,) + spec.obs_shape)),
+        tx=make_optimizer(optim_config(cfg), n_updates),
+        loss=loss_config(cfg),
+        workers=int(cfg.workers),
+        rollout_length=int(cfg.rollout_length),
+        seeds=int(cfg.seeds),
+        solve_threshold=solve_threshold(cfg.env.name, cfg.env.solve_threshold),
+    )
+    return A2CTrainer(settings, devices)
+
+
+def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
+          stop: StopRequest) -> TrainResult:
+    """Train `cfg.seeds` A2C agents for `cfg.total_steps` env steps each, logging as it goes.
+
+    When `stop` is requested (SIGINT/SIGTERM) the current logging interval finishes and the
+    result so far is returned, marked interrupted.
+    """
+    start = time.perf_counter()
+    trainer = build_trainer(cfg, spec, network, devices)
+    state = trainer.init_state(int(cfg.seed))
+    compile_seconds = trainer.compile(state)
+    n_total = total_updates(cfg.total_steps, trainer.steps_per_update)
+    per_log = updates_per_log(cfg.log_interval, trainer.steps_per_update)
+    seeds = int(cfg.seeds)
+    rates: list[float] = []
+    solved_steps: list[int | None] = [None] * seeds
+    solved_wall: list[float | None] = [None] * seeds
+    done = 0
+    last_time, last_steps = time.perf_counter(), 0
+    while done < n_total and not stop.requested:
+        n = min(per_log, n_total - done)
+        state, rows = trainer.run_updates(state, n)
+        done += n
+        now = time.perf_counter()
+        env_steps = rows[0]["env_steps"]
+        rate = (env_steps - last_steps) * seeds / (now - last_time)
+        rates.append(rate)
+        for row in rows:
+            i = row["seed_index"]
+            if row["solved_env_steps"] is not None and solved_steps[i] is None:
+                # Interpolate the solve time within this interval, linearly in env steps.
+                frac = (row["solved_env_steps"] - last_steps) / max(env_steps - last_steps, 1)
+                solved_steps[i] = row["solved_env_steps"]
+                solved_wall[i] = (last_time - start) + frac * (now - last_time)
+            writer.write({**row, "seed": int(cfg.seed), "wall_time": now - start,
+                          "steps_per_second": rate})
+        progress.update(env_steps, rate, _mean(r["episode_return_mean"] for r in rows),
+                        _mean(r["return_last100"] for r in rows), force=done == n_total)
+        last_time, last_steps = now, env_steps
+    return TrainResult(state.params, state.obs_stats, last_steps, compile_seconds,
+                       time.perf_counter() - start, rates, solved_steps, solved_wall,
+                       interrupted=done < n_total)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,174 @@
+"""Configuration schema (dataclasses in Hydra's ConfigStore) and validation with clear errors.
+
+The schema catches wrong types and unknown keys while Hydra composes the config; `validate`
+catches wrong values, before anything is compiled, with one message naming the key, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from jaxac.core import LossConfig
+from jaxac.optim import OPTIMIZERS, OptimConfig
+
+
+@dataclass
+class EnvConfig:
+    name: str = "CartPole-v1"
+    normalize_obs: bool = False
+    # Mean return of the last 100 training episodes that counts as solved; None: the classic
+    # threshold for `name` if it has one (CartPole-v1: 475), else no solve tracking.
+    solve_threshold: Optional[float] = None
+
+
+@dataclass
+class NetworkConfig:
+    torso: str = "auto"  # auto (conv for image observations, else mlp) | mlp | conv
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    conv_channels: int = 16
+    conv_dense: int = 128
+
+
+@dataclass
+class AlgoConfig:
+    """Learner hyperparameters shared by A2C and A3C."""
+
+    name: str = MISSING
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    lr: float = 7e-4
+    optimizer: str = "rmsprop"
+    rmsprop_decay: float = 0.99
+    eps: float = 1e-5
+    max_grad_norm: float = 0.5
+    anneal_lr: bool = False
+
+
+@dataclass
+class A2CConfig(AlgoConfig):
+    name: str = "a2c"
+
+
+@dataclass
+class Config:
+    algo: Any = MISSING
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    seed: int = 0
+    seeds: int = 1  # independent agents trained side by side (vmapped)
+    workers: int = 8  # parallel actors: vmapped environments for A2C, threads for A3C
+    rollout_length: int = 5
+    total_steps: int = 500_000  # environment steps per seed
+    devices: Optional[int] = None  # None: every available device
+    log_interval: int = 20_000  # environment steps between two metric lines
+    progress_seconds: float = 2.0  # at most this long between two console progress lines
+    eval_episodes: int = 100  # greedy evaluation episodes at the end of training
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore (the yaml files in conf/ extend them)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="algo", name="a2c_schema", node=A2CConfig)
+
+
+ALGOS = ("a2c",)
+TORSOS = ("auto", "mlp", "conv")
+ACTIVATIONS = ("tanh", "relu")
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names key, value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def steps_per_update(cfg: DictConfig) -> int:
+    """Environment steps one update consumes (per seed)."""
+    return int(cfg.workers) * int(cfg.rollout_length)
+
+
+def validate(cfg: DictConfig, available_devices: int) -> None:
+    """Check every value that the schema's types cannot; raise ConfigError on the first bad one."""
+    from jaxac.envs import env_names, unknown_env_message
+
+    algo = cfg.algo
+    _require(algo.name in ALGOS, "algo", algo.name, f"one of {', '.join(ALGOS)}")
+    if cfg.env.name not in env_names():
+        raise ConfigError("env.name", cfg.env.name, unknown_env_message(cfg.env.name))
+    _require(cfg.seeds >= 1, "seeds", cfg.seeds, "an integer >= 1")
+    _require(cfg.workers >= 1, "workers", cfg.workers, "an integer >= 1")
+    _require(cfg.rollout_length >= 1, "rollout_length", cfg.rollout_length, "an integer >= 1")
+    per_update = steps_per_update(cfg)
+    _require(cfg.total_steps >= per_update, "total_steps", cfg.total_steps,
+             f"at least one update's worth of steps, workers * rollout_length = {per_update}")
+    _require(cfg.log_interval >= 1, "log_interval", cfg.log_interval, "an integer >= 1")
+    _require(cfg.progress_seconds > 0, "progress_seconds", cfg.progress_seconds, "a number > 0")
+    _require(cfg.eval_episodes >= 0, "eval_episodes", cfg.eval_episodes, "an integer >= 0")
+    _require(algo.lr > 0, "algo.lr", algo.lr, "a number > 0")
+    for key in ("gamma", "gae_lambda"):
+        value = algo[key]
+        _require(0.0 <= value <= 1.0, f"algo.{key}", value, "a number in [0, 1]")
+    _require(algo.value_coef >= 0, "algo.value_coef", algo.value_coef, "a number >= 0")
+    _require(algo.max_grad_norm > 0, "algo.max_grad_norm", algo.max_grad_norm, "a number > 0")
+    _require(algo.eps > 0, "algo.eps", algo.eps, "a number > 0")
+    _require(0.0 <= algo.rmsprop_decay < 1.0, "algo.rmsprop_decay", algo.rmsprop_decay,
+             "a number in [0, 1)")
+    _require(algo.optimizer in OPTIMIZERS, "algo.optimizer", algo.optimizer,
+             f"one of {', '.join(OPTIMIZERS)}")
+    _require(cfg.network.torso in TORSOS, "network.torso", cfg.network.torso,
+             f"one of {', '.join(TORSOS)}")
+    _require(cfg.network.activation in ACTIVATIONS, "network.activation", cfg.network.activation,
+             f"one of {', '.join(ACTIVATIONS)}")
+    _require(len(cfg.network.hidden_sizes) >= 1 and min(cfg.network.hidden_sizes) >= 1,
+             "network.hidden_sizes", list(cfg.network.hidden_sizes),
+             "a non-empty list of positive layer widths")
+    if cfg.devices is not None:
+        _require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
+                 f"between 1 and the {available_devices} available device(s), or null for all")
+    n_devices = cfg.devices or available_devices
+    if algo.name == "a2c":
+        _require(cfg.workers % n_devices == 0, "workers", cfg.workers,
+                 f"a multiple of the number of devices ({n_devices}), so the environment batch "
+                 "splits evenly")
+
+
+def loss_config(cfg: DictConfig) -> LossConfig:
+    a = cfg.algo
+    return LossConfig(gamma=float(a.gamma), gae_lambda=float(a.gae_lambda),
+                      value_coef=float(a.value_coef), entropy_coef=float(a.entropy_coef),
+                      normalize_obs=bool(cfg.env.normalize_obs))
+
+
+def optim_config(cfg: DictConfig) -> OptimConfig:
+    a = cfg.algo
+    return OptimConfig(lr=float(a.lr), optimizer=str(a.optimizer),
+                       rmsprop_decay=float(a.rmsprop_decay), eps=float(a.eps),
+                       max_grad_norm=float(a.max_grad_norm), anneal_lr=bool(a.anneal_lr))
+
+
+CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The config `python -m jaxac.run OVERRIDES...` would use (for tests and notebooks)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="config", overrides=list(overrides or []))

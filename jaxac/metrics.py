@@ -1,0 +1,128 @@
+"""The run directory's records: `metrics.jsonl` (one JSON object per seed per log point, written
+whole and flushed), `summary.json` (written atomically), and the console progress line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+
+log = logging.getLogger("jaxac")
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "hydra-core", "numpy")
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become null: strict JSON has no NaN or infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class MetricsWriter:
+    """Appends metric records to `metrics.jsonl`; each line is written whole and flushed at once,
+    so a killed run keeps every line logged before the kill."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write `data` as JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Progress:
+    """Prints a progress line at most every `every_seconds` (and always for the last one)."""
+
+    def __init__(self, label: str, total_steps: int, every_seconds: float):
+        self.label, self.total, self.every = label, total_steps, every_seconds
+        self.start = time.perf_counter()
+        self._last = -math.inf
+
+    def update(self, env_steps: int, steps_per_second: float, episode_return: float | None,
+               last100: float | None, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        elapsed = now - self.start
+        frac = env_steps / max(self.total, 1)
+        eta = (self.total - env_steps) / steps_per_second if steps_per_second > 0 else math.nan
+        ret = "n/a" if episode_return is None else f"{episode_return:.1f}"
+        l100 = "n/a" if last100 is None else f"{last100:.1f}"
+        log.info(f"[{self.label}] steps {env_steps:,}/{self.total:,} ({100 * frac:.0f}%) | "
+                 f"{steps_per_second:,.0f} steps/s | return {ret} (last 100: {l100}) | "
+                 f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}")
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def environment_info() -> dict:
+    """Package versions, Python, platform and the JAX devices the run used."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    devices = jax.devices()
+    return {
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "devices": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
+                    for d in devices],
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

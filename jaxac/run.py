@@ -1,0 +1,144 @@
+"""`python -m jaxac.run [OVERRIDES...]`: the Hydra entry point.
+
+Validates the configuration, trains with the trainer `algo` names, then writes into Hydra's run
+directory: `metrics.jsonl`, `summary.json`, `learning_curve.png` and `checkpoint/policy.msgpack`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import jax
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from jaxac import a2c
+from jaxac.analysis import plot_learning_curve, read_metrics
+from jaxac.checkpoint import network_from_config, save_policy
+from jaxac.config import CONF_DIR, ConfigError, register_configs, validate
+from jaxac.envs import make_env, solve_threshold
+from jaxac.evaluate import evaluate_seeds
+from jaxac.metrics import MetricsWriter, Progress, environment_info, write_json
+from jaxac.signals import StopRequest
+
+log = logging.getLogger("jaxac")
+
+TRAINERS = {"a2c": a2c.train}
+EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train, evaluate and record one run into `run_dir`; returns the summary it wrote.
+
+    Raises ConfigError (before anything is compiled or written) on an invalid configuration.
+    """
+    validate(cfg, len(jax.devices()))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = make_env(cfg.env.name)
+    network = network_from_config(cfg, spec)
+    devices = jax.devices()[: cfg.devices or len(jax.devices())]
+    threshold = solve_threshold(cfg.env.name, cfg.env.solve_threshold)
+    progress = Progress(f"{cfg.algo.name} {cfg.env.name}", int(cfg.total_steps),
+                        float(cfg.progress_seconds))
+    log.info(f"{cfg.algo.name} on {cfg.env.name}: {cfg.seeds} seed(s) x {cfg.workers} workers x "
+             f"{cfg.rollout_length} steps per update, {cfg.total_steps:,} env steps per seed, "
+             f"{len(devices)} device(s); writing to {run_dir}")
+
+    with MetricsWriter(run_dir) as writer, StopRequest() as stop:
+        result = TRAINERS[cfg.algo.name](cfg, spec, network, devices, writer, progress, stop)
+    if result.interrupted:
+        log.warning(f"stopping on {stop.signal_name}: writing the checkpoint, evaluation and "
+                    "summary of what was trained so far")
+    save_policy(run_dir, result.params, result.obs_stats)
+
+    eval_returns = np.zeros((int(cfg.seeds), 0))
+    if cfg.eval_episodes > 0:
+        eval_returns = evaluate_seeds(spec, network.apply, result.params, result.obs_stats,
+                                      jax.random.PRNGKey(int(cfg.seed) + 1_000_003),
+                                      int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
+    summary = build_summary(cfg, result, eval_returns, threshold)
+    write_json(run_dir / "summary.json", summary)
+    metrics = read_metrics(run_dir)
+    if len(metrics):
+        plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}", threshold,
+                            run_dir / "learning_curve.png")
+    ev = summary["final_eval"]
+    log.info(f"done: {result.env_steps:,} env steps per seed in {result.train_seconds:.1f} s "
+             f"(compile {result.compile_seconds:.1f} s, median "
+             f"{summary['steps_per_second_median']:,.0f} steps/s); greedy eval return "
+             f"{_fmt(ev['return_mean'])}; solved: {summary['solved']['all_seeds']}")
+    return summary
+
+
+def build_summary(cfg: DictConfig, result: a2c.TrainResult, eval_returns: np.ndarray,
+                  threshold: float | None) -> dict[str, Any]:
+    """The contents of summary.json."""
+    eval_means = [float(r.mean()) if r.size else None for r in eval_returns]
+    per_seed_solved = [
+        threshold is not None and steps is not None and m is not None and m >= threshold
+        for steps, m in zip(result.solved_env_steps, eval_means)]
+    return {
+        "algo": cfg.algo.name,
+        "env": cfg.env.name,
+        "seed": int(cfg.seed),
+        "seeds": int(cfg.seeds),
+        "workers": int(cfg.workers),
+        "rollout_length": int(cfg.rollout_length),
+        "interrupted": result.interrupted,
+        "env_steps": result.env_steps,
+        "wall_seconds": result.train_seconds,
+        "compile_seconds": result.compile_seconds,
+        "steps_per_second_median": float(np.median(result.steps_per_second))
+        if result.steps_per_second else None,
+        "final_eval": {
+            "episodes": int(cfg.eval_episodes),
+            "policy": "greedy",
+            "return_mean": float(np.mean(eval_means)) if eval_returns.size else None,
+            "return_mean_per_seed": eval_means,
+            "return_std_per_seed": [float(r.std()) if r.size else None for r in eval_returns],
+        },
+        "solved": {
+            "definition": "mean return of the last 100 finished training episodes >= threshold, "
+                          "and final greedy evaluation mean >= threshold",
+            "threshold": threshold,
+            "all_seeds": bool(per_seed_solved) and all(per_seed_solved),
+            "per_seed": per_seed_solved,
+            "env_steps": result.solved_env_steps,
+            "wall_seconds": result.solved_wall_seconds,
+            "wall_seconds_note": "from the start of training, compilation included",
+        },
+        "environment": environment_info(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        summary = execute(cfg, run_dir)
+    except ConfigError as error:
+        log.error(f"configuration error: {error}")
+        sys.exit(EXIT_CONFIG_ERROR)
+    if summary["interrupted"]:
+        log.warning(f"interrupted: metrics, summary and checkpoint written to {run_dir}")
+        sys.exit(EXIT_INTERRUPTED)
+    return summary["final_eval"]["return_mean"]
+
+
+if __name__ == "__main__":
+    main()
