@@ -138,8 +138,11 @@ class A2CTrainer:
         s = self.s
         envs, traj = core.rollout(s.apply_fn, state.params, state.obs_stats, state.envs, s.spec,
                                   s.rollout_length, s.loss.normalize_obs)
-        grads, info = core.gradients(state.params, s.apply_fn, state.obs_stats, traj, s.loss)
-        # Each device averaged over its shard; averaging shards gives the full-batch mean.
+        # Differentiating replicated params inside shard_map would sum the per-device gradients
+        # implicitly; marking them per-device first gives each device its own shard's gradient,
+        # and averaging those equal-sized shards gives the full-batch mean.
+        local_params = jax.lax.pcast(state.params, AXIS, to="varying")
+        grads, info = core.gradients(local_params, s.apply_fn, state.obs_stats, traj, s.loss)
         grads, info = jax.lax.pmean((grads, info), AXIS)
         updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -157,7 +160,7 @@ class A2CTrainer:
         state = TrainState(params, opt_state, obs_stats, envs, recent, update,
                            jnp.where(newly_solved, update, state.solved_update))
         metrics = IntervalMetrics(jnp.int32(1), info.policy_loss, info.value_loss, info.entropy,
-                                  optax.global_norm(grads),
+                                  optax.tree.norm(grads),
                                   EpisodeStats.of(ep_return, ep_length, done))
         return state, metrics
 

@@ -40,7 +40,10 @@ def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """
     validate(cfg, len(jax.devices()))
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    saved_config = run_dir / ".hydra" / "config.yaml"
+    if not saved_config.exists():  # Hydra writes it for CLI runs; keep API runs loadable too
+        saved_config.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, saved_config)
     spec = make_env(cfg.env.name)
     network = network_from_config(cfg, spec)
     devices = jax.devices()[: cfg.devices or len(jax.devices())]

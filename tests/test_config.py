@@ -1,0 +1,61 @@
+"""Invalid configuration fails before compilation with a message naming key, value and what's allowed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxac.config import ConfigError, compose_config, validate
+
+BAD = [
+    (["workers=0"], "workers", "0"),
+    (["rollout_length=0"], "rollout_length", "0"),
+    (["total_steps=10"], "total_steps", "10"),
+    (["seeds=0"], "seeds", "0"),
+    (["algo.lr=0"], "algo.lr", "0"),
+    (["algo.lr=-1e-3"], "algo.lr", "-0.001"),
+    (["algo.gamma=1.5"], "algo.gamma", "1.5"),
+    (["algo.gae_lambda=-0.1"], "algo.gae_lambda", "-0.1"),
+    (["algo.optimizer=sgd"], "algo.optimizer", "sgd"),
+    (["env.name=CartPole-v2"], "env.name", "CartPole-v1"),  # the close match is suggested
+    (["devices=2"], "devices", "2"),  # one CPU device in the test process
+    (["network.torso=transformer"], "network.torso", "transformer"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,mentioned", BAD, ids=[b[1] + "=" + b[0][0].split("=")[1]
+                                                              for b in BAD])
+def test_bad_values_name_the_key(overrides, key, mentioned):
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config(overrides), available_devices=1)
+    message = str(info.value)
+    assert info.value.key == key
+    assert message.startswith(f"{key}=") and mentioned in message
+
+
+def test_workers_must_split_evenly_over_devices():
+    with pytest.raises(ConfigError, match="multiple of the number of devices"):
+        validate(compose_config(["workers=6", "devices=4"]), available_devices=4)
+
+
+def test_default_config_is_valid():
+    validate(compose_config([]), available_devices=1)
+
+
+def test_cli_reports_bad_value_without_traceback(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxac.run", "workers=0", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert out.returncode == 2
+    text = out.stdout + out.stderr
+    assert "workers=0 is not allowed" in text and "Traceback" not in text
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_cli_reports_unknown_key(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxac.run", "wrokers=4", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "wrokers" in out.stdout + out.stderr
