@@ -121,7 +121,11 @@ class A2CTrainer:
                 solved_update=jnp.int32(-1),
             )
 
-        state = jax.jit(jax.vmap(init_one))(seed_keys(seed, s.seeds))
+        # One unbatched init per seed, then stack: vmapping the orthogonal initialiser makes a
+        # batched QR, whose CPU LAPACK kernel can deadlock its own thread pool on small machines.
+        init = jax.jit(init_one)
+        agents = [init(key) for key in seed_keys(seed, s.seeds)]
+        state = jax.tree.map(lambda *xs: jnp.stack(xs), *agents)
         return jax.device_put(state, self._shardings(state))
 
     def _specs(self, state: TrainState) -> TrainState:

@@ -44,6 +44,7 @@ class AlgoConfig:
     gae_lambda: float = 1.0
     value_coef: float = 0.5
     entropy_coef: float = 0.01
+    reward_scale: float = 1.0
     lr: float = 7e-4
     optimizer: str = "rmsprop"
     rmsprop_decay: float = 0.99
@@ -124,6 +125,7 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     for key in ("gamma", "gae_lambda"):
         value = algo[key]
         _require(0.0 <= value <= 1.0, f"algo.{key}", value, "a number in [0, 1]")
+    _require(algo.reward_scale > 0, "algo.reward_scale", algo.reward_scale, "a number > 0")
     _require(algo.value_coef >= 0, "algo.value_coef", algo.value_coef, "a number >= 0")
     _require(algo.max_grad_norm > 0, "algo.max_grad_norm", algo.max_grad_norm, "a number > 0")
     _require(algo.eps > 0, "algo.eps", algo.eps, "a number > 0")
@@ -152,7 +154,7 @@ def loss_config(cfg: DictConfig) -> LossConfig:
     a = cfg.algo
     return LossConfig(gamma=float(a.gamma), gae_lambda=float(a.gae_lambda),
                       value_coef=float(a.value_coef), entropy_coef=float(a.entropy_coef),
-                      normalize_obs=bool(cfg.env.normalize_obs))
+                      reward_scale=float(a.reward_scale), normalize_obs=bool(cfg.env.normalize_obs))
 
 
 def optim_config(cfg: DictConfig) -> OptimConfig:

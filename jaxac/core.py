@@ -26,6 +26,7 @@ class LossConfig:
     gae_lambda: float = 1.0  # 1.0 is the plain n-step return of the A3C paper
     value_coef: float = 0.5
     entropy_coef: float = 0.01
+    reward_scale: float = 1.0  # the learner sees reward * reward_scale (statistics stay raw)
     normalize_obs: bool = False
 
 
@@ -155,7 +156,7 @@ def loss_fn(params: Any, apply_fn: Callable, obs_stats: ObsStats, traj: Trajecto
     v_t = jax.lax.stop_gradient(v_t)
     chex.assert_equal_shape([v_tm1, traj.reward_t])
     discount_t = cfg.gamma * (1.0 - traj.terminated_t.astype(jnp.float32))
-    adv = gae_advantages(traj.reward_t, discount_t, traj.done_t, jax.lax.stop_gradient(v_tm1),
+    adv = gae_advantages(traj.reward_t * cfg.reward_scale, discount_t, traj.done_t, jax.lax.stop_gradient(v_tm1),
                          v_t, cfg.gamma, cfg.gae_lambda)
     returns = jax.lax.stop_gradient(adv + v_tm1)
     policy_loss = -jnp.mean(dist.log_prob(traj.action_tm1) * jax.lax.stop_gradient(adv))

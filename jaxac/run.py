@@ -76,7 +76,8 @@ def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     log.info(f"done: {result.env_steps:,} env steps per seed in {result.train_seconds:.1f} s "
              f"(compile {result.compile_seconds:.1f} s, median "
              f"{summary['steps_per_second_median']:,.0f} steps/s); greedy eval return "
-             f"{_fmt(ev['return_mean'])}; solved: {summary['solved']['all_seeds']}")
+             f"{_fmt(ev['return_mean'])}; solved: "
+             f"{summary['solved']['all_seeds'] if threshold is not None else 'n/a (no threshold)'}")
     return summary
 
 

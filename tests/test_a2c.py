@@ -104,3 +104,20 @@ def test_continuous_actions_are_clipped_to_the_space():
     assert not spec.discrete and spec.action_low[0] == -2.0 and spec.action_high[0] == 2.0
     clipped = to_env_action(spec, np.array([5.0], np.float32))
     assert float(np.asarray(clipped).max()) == 2.0
+
+
+def test_several_seeds_of_a_gaussian_policy_through_the_cli(tmp_path):
+    # Regression: vmapping the orthogonal initialiser over seeds (a batched CPU QR) deadlocked
+    # on 2 cores. In a subprocess with a timeout, so a recurrence fails instead of hanging.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxac.run", "env=pendulum", "seeds=3", "total_steps=2048",
+         "log_interval=1024", "eval_episodes=2", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["final_eval"]["return_mean_per_seed"]) == 3
+    assert summary["solved"]["threshold"] is None
+    assert (tmp_path / ".hydra" / "config.yaml").exists()
