@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -26,6 +25,7 @@ from jaxac.envs import EnvCarry, EnvSpec, reset_envs
 from jaxac.episodes import EpisodeStats, RecentEpisodes, add_episodes
 from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
 from jaxac.optim import current_lr
+from jaxac.results import TrainResult
 from jaxac.signals import StopRequest
 
 AXIS = "devices"  # mesh axis the environment batch is split over
@@ -245,21 +245,6 @@ def total_updates(total_steps: int, steps_per_update: int) -> int:
 
 def updates_per_log(log_interval: int, steps_per_update: int) -> int:
     return max(1, math.ceil(log_interval / steps_per_update))
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or interrupted) training run hands to the run directory writer."""
-
-    params: Any  # leading axis: seed
-    obs_stats: ObsStats
-    env_steps: int  # per seed
-    compile_seconds: float
-    train_seconds: float  # wall time of the whole training loop, compilation included
-    steps_per_second: list[float]  # one per logging interval, all seeds together
-    solved_env_steps: list[int | None]  # per seed
-    solved_wall_seconds: list[float | None]  # per seed, since training started (with compile)
-    interrupted: bool = False
 
 
 def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A2CTrainer:

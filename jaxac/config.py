@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from jaxac.core import LossConfig
 from jaxac.optim import OPTIMIZERS, OptimConfig
@@ -59,6 +59,16 @@ class A2CConfig(AlgoConfig):
 
 
 @dataclass
+class A3CConfig(AlgoConfig):
+    name: str = "a3c"
+    # One number for every worker, or {log_uniform: [low, high]}: each worker draws its own.
+    entropy_coef: Any = 0.01
+    update: str = "locked"  # locked | hogwild
+    envs_per_worker: int = 1
+    staleness_lr: bool = False  # scale each update by 1 / (1 + staleness)
+
+
+@dataclass
 class Config:
     algo: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -79,9 +89,11 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="algo", name="a2c_schema", node=A2CConfig)
+    cs.store(group="algo", name="a3c_schema", node=A3CConfig)
 
 
-ALGOS = ("a2c",)
+ALGOS = ("a2c", "a3c")
+UPDATE_MODES = ("locked", "hogwild")
 TORSOS = ("auto", "mlp", "conv")
 ACTIVATIONS = ("tanh", "relu")
 
@@ -126,6 +138,8 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
         value = algo[key]
         _require(0.0 <= value <= 1.0, f"algo.{key}", value, "a number in [0, 1]")
     _require(algo.reward_scale > 0, "algo.reward_scale", algo.reward_scale, "a number > 0")
+    if algo.name == "a2c":
+        _require(algo.entropy_coef >= 0, "algo.entropy_coef", algo.entropy_coef, "a number >= 0")
     _require(algo.value_coef >= 0, "algo.value_coef", algo.value_coef, "a number >= 0")
     _require(algo.max_grad_norm > 0, "algo.max_grad_norm", algo.max_grad_norm, "a number > 0")
     _require(algo.eps > 0, "algo.eps", algo.eps, "a number > 0")
@@ -144,16 +158,41 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
         _require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
                  f"between 1 and the {available_devices} available device(s), or null for all")
     n_devices = cfg.devices or available_devices
+    if algo.name == "a3c":
+        _validate_a3c(cfg)
     if algo.name == "a2c":
         _require(cfg.workers % n_devices == 0, "workers", cfg.workers,
                  f"a multiple of the number of devices ({n_devices}), so the environment batch "
                  "splits evenly")
 
 
+def _validate_a3c(cfg: DictConfig) -> None:
+    algo = cfg.algo
+    _require(algo["update"] in UPDATE_MODES, "algo.update", algo["update"],
+             f"one of {', '.join(UPDATE_MODES)}")
+    _require(algo.envs_per_worker >= 1, "algo.envs_per_worker", algo.envs_per_worker,
+             "an integer >= 1")
+    _require(cfg.seeds == 1, "seeds", cfg.seeds,
+             "1 for A3C (run several seeds as a sweep: -m seed=0,1,2)")
+    coef = algo.entropy_coef
+    allowed = "a number >= 0, or {log_uniform: [low, high]} with 0 < low <= high"
+    if isinstance(coef, (int, float)) and not isinstance(coef, bool):
+        _require(coef >= 0, "algo.entropy_coef", coef, allowed)
+        return
+    ok = (isinstance(coef, DictConfig) and set(coef.keys()) == {"log_uniform"}
+          and len(coef.log_uniform) == 2
+          and all(isinstance(x, (int, float)) for x in coef.log_uniform)
+          and 0 < coef.log_uniform[0] <= coef.log_uniform[1])
+    _require(ok, "algo.entropy_coef", coef if not isinstance(coef, DictConfig)
+             else OmegaConf.to_container(coef), allowed)
+
+
 def loss_config(cfg: DictConfig) -> LossConfig:
     a = cfg.algo
     return LossConfig(gamma=float(a.gamma), gae_lambda=float(a.gae_lambda),
-                      value_coef=float(a.value_coef), entropy_coef=float(a.entropy_coef),
+                      value_coef=float(a.value_coef),
+                      entropy_coef=float(a.entropy_coef) if isinstance(a.entropy_coef, (int, float))
+                      else 0.0,  # A3C per-worker coefficients are passed to the loss directly
                       reward_scale=float(a.reward_scale), normalize_obs=bool(cfg.env.normalize_obs))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 log = logging.getLogger("jaxac")
 
@@ -22,7 +23,10 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "hydra-core", "n
 
 
 def _json_safe(value: Any) -> Any:
-    """Non-finite floats become null: strict JSON has no NaN or infinity."""
+    """Plain JSON values: NumPy scalars and arrays become Python ones, and non-finite floats
+    become null (strict JSON has no NaN or infinity)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -17,20 +17,22 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac import a2c
+from jaxac import a2c, a3c
 from jaxac.analysis import plot_learning_curve, read_metrics
 from jaxac.checkpoint import network_from_config, save_policy
 from jaxac.config import CONF_DIR, ConfigError, register_configs, validate
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
+from jaxac.results import TrainResult
 from jaxac.metrics import MetricsWriter, Progress, environment_info, write_json
 from jaxac.signals import StopRequest
 
 log = logging.getLogger("jaxac")
 
-TRAINERS = {"a2c": a2c.train}
+TRAINERS = {"a2c": a2c.train, "a3c": a3c.train}
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_WORKER_FAILED = 1
 
 
 def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -81,7 +83,7 @@ def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def build_summary(cfg: DictConfig, result: a2c.TrainResult, eval_returns: np.ndarray,
+def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray,
                   threshold: float | None) -> dict[str, Any]:
     """The contents of summary.json."""
     eval_means = [float(r.mean()) if r.size else None for r in eval_returns]
@@ -118,6 +120,7 @@ def build_summary(cfg: DictConfig, result: a2c.TrainResult, eval_returns: np.nda
             "wall_seconds": result.solved_wall_seconds,
             "wall_seconds_note": "from the start of training, compilation included",
         },
+        **({cfg.algo.name: result.extra} if result.extra else {}),
         "environment": environment_info(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -138,6 +141,10 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         log.error(f"configuration error: {error}")
         sys.exit(EXIT_CONFIG_ERROR)
+    except a3c.WorkerFailed as failure:
+        log.error(f"{failure}\nThe other workers were stopped; metrics up to the failure are in "
+                  f"{run_dir}/metrics.jsonl")
+        sys.exit(EXIT_WORKER_FAILED)
     if summary["interrupted"]:
         log.warning(f"interrupted: metrics, summary and checkpoint written to {run_dir}")
         sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,500 @@
+"""Asynchronous A3C: `workers` Python threads update one shared parameter tree, never waiting
+for each other. All of jaxac's concurrency lives in this file.
+
+Each worker owns `envs_per_worker` environments (vmapped), an RNG stream derived from
+(seed, worker index) and its own exploration (entropy coefficient). Its loop:
+
+    pull the latest global parameters (a snapshot, tagged with the global version)
+    -> roll out `rollout_length` steps and compute the gradient on the snapshot   (one jitted call,
+       the same `core.rollout` and `core.gradients` as A2C)
+    -> apply it to the global parameters with the shared optax optimizer         (one jitted call)
+
+The global parameters (raveled into one vector), the optimizer state and the observation
+statistics live in host buffers shared by all workers. An update computes the optax step from what
+it reads of them (one jitted call, which releases the GIL), then adds the parameter delta in place
+and writes back the new optimizer statistics.
+
+Update modes (`algo.update`):
+
+- `locked`: pulling a snapshot and applying an update are short critical sections under one lock.
+  No update is ever lost or overlapped: the version equals the number of gradients applied, and
+  the parameters equal the sequential application of the updates in the lock's order.
+- `hogwild`: no lock anywhere, as in the A3C paper. Parameter deltas are added in place, so every
+  update lands (none is lost), but two updates whose read-compute-write windows overlap interleave:
+  each was computed from optimizer statistics the other was about to change, the later write of
+  the statistics replaces the earlier one, and a worker may pull parameters halfway through
+  another's addition. `interleaved_updates` counts updates during whose window another update was
+  written (exactly: the version advanced between its read and its write).
+
+Staleness of an update = global version it was applied to - version of the snapshot its gradient
+was computed on. `algo.staleness_lr=true` scales the update by 1 / (1 + staleness).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jaxac import core
+from jaxac.envs import EnvSpec, reset_envs
+from jaxac.episodes import WINDOW
+from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
+from jaxac.optim import current_lr
+from jaxac.results import TrainResult
+from jaxac.signals import StopRequest
+
+UPDATE_MODES = ("locked", "hogwild")
+# Upper edges of the staleness histogram bins: 0, 1, 2, 3-4, 5-8, 9-16, 17-32, 33+.
+STALENESS_BIN_EDGES = (0, 1, 2, 4, 8, 16, 32)
+
+
+class Snapshot(NamedTuple):
+    """A worker's private copy of [parameters | observation statistics], and its version."""
+
+    vector: np.ndarray
+    version: int
+
+
+class WorkerFailed(RuntimeError):
+    """A worker thread raised; carries that worker's traceback."""
+
+    def __init__(self, worker: int, trace: str):
+        self.worker, self.trace = worker, trace
+        super().__init__(f"A3C worker {worker} failed:\n{trace}")
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One applied update, as the metrics and the tests see it."""
+
+    worker: int
+    snapshot_version: int
+    applied_version: int  # version of the global state the update was applied to
+    interleaved: bool  # another update was written between this one's read and its write
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    grad_norm: float
+
+    @property
+    def staleness(self) -> int:
+        return self.applied_version - self.snapshot_version
+
+
+def entropy_coefficients(spec: Any, workers: int, seed: int) -> list[float]:
+    """One entropy coefficient per worker: a number for all, or a log-uniform draw per worker.
+
+    `spec` is a number, or a mapping `{log_uniform: [low, high]}`; worker i draws from a generator
+    seeded by (seed, i), so its coefficient does not depend on how many workers there are.
+    """
+    if isinstance(spec, (int, float)):
+        return [float(spec)] * workers
+    low, high = (float(x) for x in spec["log_uniform"])
+    return [float(math.exp(np.random.default_rng([seed, i]).uniform(math.log(low), math.log(high))))
+            for i in range(workers)]
+
+
+def worker_keys(seed: int, workers: int) -> tuple[jax.Array, jax.Array]:
+    """(parameter-init key, [workers] keys): worker i's key depends only on (seed, i)."""
+    params_key, workers_key = jax.random.split(jax.random.PRNGKey(seed))
+    return params_key, jax.vmap(lambda i: jax.random.fold_in(workers_key, i))(jnp.arange(workers))
+
+
+class FlatLayout:
+    """Packs a pytree of float32 and int32 arrays into one float32 vector and back.
+
+    Integer leaves (the optimizer's step count) are bit-cast, not converted, so they stay exact.
+    One vector means one host<->device transfer per call instead of one per leaf.
+    """
+
+    def __init__(self, template: Any):
+        leaves, self.treedef = jax.tree.flatten(template)
+        self.shapes = [tuple(np.shape(x)) for x in leaves]
+        self.is_int = [jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer) for x in leaves]
+        self.sizes = [int(np.prod(shape)) for shape in self.shapes]
+        self.size = sum(self.sizes)
+
+    def pack(self, tree: Any) -> jax.Array:
+        parts = [jax.lax.bitcast_convert_type(jnp.asarray(x, jnp.int32), jnp.float32).ravel()
+                 if is_int else jnp.asarray(x, jnp.float32).ravel()
+                 for x, is_int in zip(jax.tree.leaves(tree), self.is_int)]
+        return jnp.concatenate(parts) if parts else jnp.zeros(0, jnp.float32)
+
+    def unpack(self, vector: jax.Array) -> Any:
+        leaves, offset = [], 0
+        for shape, size, is_int in zip(self.shapes, self.sizes, self.is_int):
+            part = vector[offset:offset + size].reshape(shape)
+            leaves.append(jax.lax.bitcast_convert_type(part, jnp.int32) if is_int else part)
+            offset += size
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
+class A3CLearner:
+    """The jitted pieces a worker calls: the shared core functions, on packed vectors.
+
+    Layout of the shared state vector: [parameters | observation statistics | optimizer state].
+    A snapshot is its first two parts.
+    """
+
+    def __init__(self, spec: EnvSpec, network, tx: optax.GradientTransformation,
+                 loss: core.LossConfig, rollout_length: int, envs_per_worker: int):
+        self.spec, self.tx, self.loss = spec, tx, loss
+        self.rollout_length, self.envs_per_worker = rollout_length, envs_per_worker
+        self.apply_fn = network.apply
+        self._init_params = lambda key: network.init(key, jnp.zeros((1,) + spec.obs_shape))
+        self.rollout_and_gradient = jax.jit(self._rollout_and_gradient)
+        self.apply_update = jax.jit(self._apply_update)
+
+    def init_state(self, key: jax.Array) -> np.ndarray:
+        """The initial shared state vector; also fixes the layouts."""
+        params = jax.jit(self._init_params)(key)
+        flat_params, self.unravel = ravel_pytree(params)
+        stats = init_obs_stats(self.spec.obs_shape)
+        opt_state = self.tx.init(flat_params)
+        self.n_params = flat_params.size
+        self.stats_layout, self.opt_layout = FlatLayout(stats), FlatLayout(opt_state)
+        self.n_snapshot = self.n_params + self.stats_layout.size
+        return np.asarray(jnp.concatenate([flat_params, self.stats_layout.pack(stats),
+                                           self.opt_layout.pack(opt_state)]))
+
+    def split_snapshot(self, snapshot: jax.Array) -> tuple[Any, ObsStats]:
+        return (self.unravel(snapshot[:self.n_params]),
+                self.stats_layout.unpack(snapshot[self.n_params:self.n_snapshot]))
+
+    def init_envs(self, key: jax.Array):
+        return reset_envs(self.spec, jax.random.split(key, self.envs_per_worker))
+
+    def _rollout_and_gradient(self, snapshot, envs, entropy_coef):
+        """Roll out on the snapshot and compute its gradient.
+
+        Returns (envs, raveled gradient, observations seen, report) where report packs
+        [policy loss, value loss, entropy, gradient norm, done (T*E), return (T*E), length (T*E)].
+        """
+        params, obs_stats = self.split_snapshot(snapshot)
+        envs, traj = core.rollout(self.apply_fn, params, obs_stats, envs, self.spec,
+                                  self.rollout_length, self.loss.normalize_obs)
+        grads, info = core.gradients(params, self.apply_fn, obs_stats, traj, self.loss,
+                                     entropy_coef)
+        flat_grads, _ = ravel_pytree(grads)
+        report = jnp.concatenate([
+            jnp.stack([info.policy_loss, info.value_loss, info.entropy,
+                       optax.tree.norm(flat_grads)]),
+            traj.done_t.astype(jnp.float32).ravel(), traj.episode_return.ravel(),
+            traj.episode_length.astype(jnp.float32).ravel()])
+        observed = traj.obs_tm1.reshape((-1,) + self.spec.obs_shape)
+        return envs, flat_grads, observed, report
+
+    def _apply_update(self, state_tail, flat_grads, observed, scale):
+        """From [observation statistics | optimizer state], the gradient and the observations,
+        compute [parameter delta | new observation statistics | new optimizer state]."""
+        n_stats = self.stats_layout.size
+        obs_stats = self.stats_layout.unpack(state_tail[:n_stats])
+        opt_state = self.opt_layout.unpack(state_tail[n_stats:])
+        delta, opt_state = self.tx.update(flat_grads, opt_state)
+        obs_stats = update_obs_stats(obs_stats, observed, self.loss.normalize_obs)
+        return jnp.concatenate([delta * scale, self.stats_layout.pack(obs_stats),
+                                self.opt_layout.pack(opt_state)])
+
+
+class ParameterServer:
+    """The shared state vector [parameters | observation statistics | optimizer state], updated in
+    place: never replaced, so every worker always sees the one global copy."""
+
+    def __init__(self, learner: A3CLearner, state: np.ndarray, mode: str, staleness_lr: bool,
+                 keep_history: bool = False):
+        if mode not in UPDATE_MODES:
+            raise ValueError(f"algo.update={mode!r}; allowed: {', '.join(UPDATE_MODES)}")
+        self.learner, self.mode, self.staleness_lr = learner, mode, staleness_lr
+        self.state = np.array(state, np.float32)
+        self._n_params, self._n_snapshot = learner.n_params, learner.n_snapshot
+        self._lock = threading.Lock() if mode == "locked" else contextlib.nullcontext()
+        self._versions = itertools.count(1)  # next() is atomic in CPython
+        # Updates applied so far. Taken from an atomic counter; under hogwild a thread switch
+        # between taking the number and storing it can make it lag by a concurrent write or two.
+        self.version = 0
+        # Appended by workers, drained by the monitor (deque operations are atomic).
+        self.records: collections.deque[UpdateRecord] = collections.deque()
+        # For tests: (record, gradient, observations, scale) in the order updates were applied.
+        self.history: list | None = [] if keep_history else None
+
+    @property
+    def params(self) -> np.ndarray:
+        return self.state[:self._n_params]
+
+    @property
+    def obs_stats(self) -> ObsStats:
+        return jax.device_get(self.learner.stats_layout.unpack(
+            jnp.asarray(self.state[self._n_params:self._n_snapshot])))
+
+    @property
+    def opt_state(self) -> Any:
+        return self.learner.opt_layout.unpack(jnp.asarray(self.state[self._n_snapshot:]))
+
+    def snapshot(self) -> Snapshot:
+        """Copy the current parameters and statistics (consistent in locked mode)."""
+        with self._lock:
+            return Snapshot(self.state[:self._n_snapshot].copy(), self.version)
+
+    def apply(self, worker: int, snapshot_version: int, grads: jax.Array, observed: jax.Array,
+              diagnostics: np.ndarray) -> UpdateRecord:
+        """Apply one worker's gradient to the shared state (under the lock in locked mode)."""
+        with self._lock:
+            base_version = self.version
+            staleness = base_version - snapshot_version
+            scale = 1.0 / (1.0 + staleness) if self.staleness_lr else 1.0
+            out = np.asarray(self.learner.apply_update(
+                self.state[self._n_params:], grads, observed, np.float32(scale)))
+            n = self._n_params
+            np.add(self.state[:n], out[:n], out=self.state[:n])  # parameters: add the delta
+            np.copyto(self.state[n:], out[n:])  # statistics: replace
+            self.version = version = next(self._versions)
+            record = UpdateRecord(worker, snapshot_version, base_version,
+                                  version - 1 != base_version, *map(float, diagnostics))
+            self.records.append(record)
+            if self.history is not None:
+                self.history.append((record, grads, observed, scale))
+        return record
+
+    def drain_records(self) -> list[UpdateRecord]:
+        """Take the records appended since the last drain."""
+        return [self.records.popleft() for _ in range(len(self.records))]
+
+
+class SharedProgress:
+    """Counters and the recent-episodes window shared by the workers and the monitor."""
+
+    def __init__(self, total_rollouts: int, steps_per_rollout: int, workers: int):
+        self.total_rollouts, self.steps_per_rollout = total_rollouts, steps_per_rollout
+        self._rollout_tickets = itertools.count()
+        self.worker_steps = [0] * workers  # each slot written only by its own worker
+        self.recent = collections.deque(maxlen=WINDOW)  # returns of finished episodes
+        # (return, length) of episodes finished since the last log point; drained by the monitor
+        self.interval_episodes: collections.deque[tuple[float, int]] = collections.deque()
+        self.solved_env_steps: int | None = None
+        self.solved_time: float | None = None
+
+    def reserve_rollout(self) -> bool:
+        """Claim one rollout of the budget; False once `total_steps` is used up."""
+        return next(self._rollout_tickets) < self.total_rollouts
+
+    @property
+    def env_steps(self) -> int:
+        return sum(self.worker_steps)
+
+
+class A3CTrainer:
+    """Runs the workers and the monitor loop that logs while they train."""
+
+    def __init__(self, learner: A3CLearner, server: ParameterServer, progress: SharedProgress,
+                 worker_keys_: jax.Array, entropy_coefs: list[float], devices: list[Any],
+                 solve_threshold: float | None):
+        self.learner, self.server, self.progress = learner, server, progress
+        self.keys, self.entropy_coefs, self.devices = worker_keys_, entropy_coefs, devices
+        self.threshold = solve_threshold
+        self.stop_event = threading.Event()
+        self.failures: list[WorkerFailed] = []
+        self.threads = [threading.Thread(target=self._worker, args=(i,), name=f"a3c-worker-{i}",
+                                         daemon=True) for i in range(len(entropy_coefs))]
+
+    def device_of(self, worker: int):
+        """Workers are placed round-robin on the devices."""
+        return self.devices[worker % len(self.devices)]
+
+    def _worker(self, i: int) -> None:
+        try:
+            self._worker_loop(i)
+        except BaseException:  # noqa: BLE001 - any failure must end the run with its traceback
+            self.failures.append(WorkerFailed(i, traceback.format_exc()))
+            self.stop_event.set()
+
+    def _worker_loop(self, i: int) -> None:
+        device = self.device_of(i)
+        learner, server, shared = self.learner, self.server, self.progress
+        envs = jax.device_put(learner.init_envs(self.keys[i]), device)
+        entropy_coef = jnp.float32(self.entropy_coefs[i])
+        steps = learner.rollout_length * learner.envs_per_worker
+        while not self.stop_event.is_set() and shared.reserve_rollout():
+            snap = server.snapshot()
+            # the jitted call runs on the device its (committed) environment state lives on
+            envs, grads, observed, report = learner.rollout_and_gradient(
+                snap.vector, envs, entropy_coef)
+            report = np.asarray(report)
+            server.apply(i, snap.version, grads, observed, report[:4])
+            shared.worker_steps[i] += shared.steps_per_rollout
+            done, returns, lengths = report[4:].reshape(3, steps)
+            self._record_episodes(returns[done > 0], lengths[done > 0])
+
+    def _record_episodes(self, returns: np.ndarray, lengths: np.ndarray) -> None:
+        shared = self.progress
+        for ret, length in zip(returns, lengths):
+            shared.recent.append(float(ret))
+            shared.interval_episodes.append((float(ret), int(length)))
+        if (len(returns) and self.threshold is not None and shared.solved_env_steps is None
+                and len(shared.recent) == WINDOW and np.mean(shared.recent) >= self.threshold):
+            shared.solved_env_steps = shared.env_steps
+            shared.solved_time = time.perf_counter()
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop_and_join(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join()
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+
+def staleness_histogram(stalenesses: list[int]) -> dict[str, int]:
+    """Counts per bin: "0", "1", "2", "3-4", "5-8", "9-16", "17-32", "33+"."""
+    labels, counts = [], []
+    lower = 0
+    for edge in STALENESS_BIN_EDGES:
+        labels.append(str(edge) if edge == lower else f"{lower}-{edge}")
+        counts.append(sum(1 for s in stalenesses if lower <= s <= edge))
+        lower = edge + 1
+    labels.append(f"{lower}+")
+    counts.append(sum(1 for s in stalenesses if s >= lower))
+    return dict(zip(labels, counts))
+
+
+def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A3CTrainer:
+    """An A3CTrainer (workers not yet started) for a validated Hydra config."""
+    from jaxac.config import loss_config, optim_config
+    from jaxac.envs import solve_threshold
+    from jaxac.optim import make_optimizer
+
+    algo = cfg.algo
+    workers, envs_per_worker = int(cfg.workers), int(algo.envs_per_worker)
+    steps_per_rollout = int(cfg.rollout_length) * envs_per_worker
+    total_rollouts = max(1, int(cfg.total_steps) // steps_per_rollout)
+    tx = make_optimizer(optim_config(cfg), total_rollouts)  # one optimizer step per rollout
+    learner = A3CLearner(spec, network, tx, loss_config(cfg), int(cfg.rollout_length),
+                         envs_per_worker)
+    params_key, keys = worker_keys(int(cfg.seed), workers)
+    # item access: `algo.update` would be DictConfig.update, the method
+    server = ParameterServer(learner, learner.init_state(params_key), mode=str(algo["update"]),
+                             staleness_lr=bool(algo.staleness_lr))
+    shared = SharedProgress(total_rollouts, steps_per_rollout, workers)
+    coefs = entropy_coefficients(_plain(algo.entropy_coef), workers, int(cfg.seed))
+    return A3CTrainer(learner, server, shared, keys, coefs, devices,
+                      solve_threshold(cfg.env.name, cfg.env.solve_threshold))
+
+
+def _plain(value):
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+
+def compile_learner(trainer: A3CTrainer) -> float:
+    """Compile both jitted functions once, with the inputs the workers will pass (committed
+    environment state, numpy snapshot), before any worker starts; returns the seconds."""
+    start = time.perf_counter()
+    learner, server = trainer.learner, trainer.server
+    envs = jax.device_put(learner.init_envs(trainer.keys[0]), trainer.device_of(0))
+    _, grads, observed, _ = learner.rollout_and_gradient(server.snapshot().vector, envs,
+                                                         jnp.float32(0.0))
+    jax.block_until_ready(learner.apply_update(server.state[learner.n_params:], grads, observed,
+                                               np.float32(1.0)))
+    return time.perf_counter() - start
+
+
+def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
+          stop: StopRequest) -> TrainResult:
+    """Run A3C until `total_steps`, a stop request, or a worker failure; logs as it goes.
+
+    Raises WorkerFailed (after the workers are joined and the metrics written) if a worker raised.
+    """
+    start = time.perf_counter()
+    trainer = build_trainer(cfg, spec, network, devices)
+    compile_seconds = compile_learner(trainer)
+    server, shared = trainer.server, trainer.progress
+    log_every = max(int(cfg.log_interval), shared.steps_per_rollout)
+    rates: list[float] = []
+    last = {"time": time.perf_counter(), "steps": 0}
+    totals = {"updates": 0, "staleness": 0, "interleaved": 0}
+    next_log = log_every
+
+    def log_point(now: float) -> None:
+        steps, records = shared.env_steps, server.drain_records()
+        interval = max(now - last["time"], 1e-9)
+        rate = (steps - last["steps"]) / interval
+        rates.append(rate)
+        episodes = [shared.interval_episodes.popleft()
+                    for _ in range(len(shared.interval_episodes))]
+        returns = [r for r, _ in episodes]
+        stale = [r.staleness for r in records]
+        totals["updates"] += len(records)
+        totals["staleness"] += sum(stale)
+        totals["interleaved"] += sum(r.interleaved for r in records)
+        mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+        solved = shared.solved_env_steps
+        writer.write({
+            "seed_index": 0, "seed": int(cfg.seed), "env_steps": steps,
+            "updates": server.version, "wall_time": now - start,
+            "steps_per_second": rate, "updates_per_second": len(records) / interval,
+            "episodes": len(returns), "episode_return_mean": mean(returns),
+            "episode_return_min": min(returns) if returns else None,
+            "episode_return_max": max(returns) if returns else None,
+            "episode_length_mean": mean([n for _, n in episodes]),
+            "return_last100": mean(list(shared.recent)),
+            "episodes_in_last100": len(shared.recent),
+            "policy_loss": mean([r.policy_loss for r in records]),
+            "value_loss": mean([r.value_loss for r in records]),
+            "entropy": mean([r.entropy for r in records]),
+            "grad_norm": mean([r.grad_norm for r in records]),
+            "learning_rate": float(current_lr(server.opt_state)),
+            "solved_env_steps": solved,
+            "staleness_mean": mean(stale), "staleness_max": max(stale) if stale else None,
+            "staleness_histogram": staleness_histogram(stale),
+            "interleaved_updates": totals["interleaved"],
+            "worker_env_steps": list(shared.worker_steps),
+        })
+        progress.update(steps, rate, mean(returns), mean(list(shared.recent)))
+        last.update(time=now, steps=steps)
+
+    trainer.start()
+    try:
+        while trainer.running:
+            if trainer.stop_event.wait(timeout=0.02) or stop.requested:
+                break
+            if shared.env_steps >= next_log:
+                log_point(time.perf_counter())
+                next_log = (shared.env_steps // log_every + 1) * log_every
+    finally:
+        trainer.stop_and_join()
+    log_point(time.perf_counter())
+    if trainer.failures:
+        raise trainer.failures[0]
+    solved_wall = None if shared.solved_time is None else shared.solved_time - start
+    return TrainResult(
+        params=jax.tree.map(lambda x: x[None], trainer.learner.unravel(server.params)),
+        obs_stats=jax.tree.map(lambda x: x[None], server.obs_stats),
+        env_steps=shared.env_steps, compile_seconds=compile_seconds,
+        train_seconds=time.perf_counter() - start, steps_per_second=rates,
+        solved_env_steps=[shared.solved_env_steps], solved_wall_seconds=[solved_wall],
+        interrupted=stop.requested,
+        extra={"update_mode": server.mode, "updates_applied": totals["updates"],
+               "version": server.version,
+               "interleaved_updates": totals["interleaved"],
+               "staleness_mean": totals["staleness"] / max(totals["updates"], 1),
+               "entropy_coef_per_worker": trainer.entropy_coefs,
+               "worker_env_steps": list(shared.worker_steps),
+               "worker_devices": [str(trainer.device_of(i)) for i in range(len(trainer.threads))]})
