@@ -356,6 +356,14 @@ class A3CTrainer:
         for t in self.threads:
             t.join()
 
+    def run_to_completion(self) -> None:
+        """Start the workers, wait until the step budget is used up; re-raise a worker failure."""
+        self.start()
+        for t in self.threads:
+            t.join()
+        if self.failures:
+            raise self.failures[0]
+
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self.threads)
@@ -374,8 +382,12 @@ def staleness_histogram(stalenesses: list[int]) -> dict[str, int]:
     return dict(zip(labels, counts))
 
 
-def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A3CTrainer:
-    """An A3CTrainer (workers not yet started) for a validated Hydra config."""
+def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any],
+                  keep_history: bool = False) -> A3CTrainer:
+    """An A3CTrainer (workers not yet started) for a validated Hydra config.
+
+    `keep_history` keeps every applied gradient in order (for tests: memory grows with the run).
+    """
     from jaxac.config import loss_config, optim_config
     from jaxac.envs import solve_threshold
     from jaxac.optim import make_optimizer
@@ -390,7 +402,7 @@ def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A3CTrainer
     params_key, keys = worker_keys(int(cfg.seed), workers)
     # item access: `algo.update` would be DictConfig.update, the method
     server = ParameterServer(learner, learner.init_state(params_key), mode=str(algo["update"]),
-                             staleness_lr=bool(algo.staleness_lr))
+                             staleness_lr=bool(algo.staleness_lr), keep_history=keep_history)
     shared = SharedProgress(total_rollouts, steps_per_rollout, workers)
     coefs = entropy_coefficients(_plain(algo.entropy_coef), workers, int(cfg.seed))
     return A3CTrainer(learner, server, shared, keys, coefs, devices,
@@ -480,7 +492,8 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
                 next_log = (shared.env_steps // log_every + 1) * log_every
     finally:
         trainer.stop_and_join()
-    log_point(time.perf_counter())
+    if shared.env_steps > last["steps"] or server.records:  # what the last log point missed
+        log_point(time.perf_counter())
     if trainer.failures:
         raise trainer.failures[0]
     solved_wall = None if shared.solved_time is None else shared.solved_time - start

@@ -1,0 +1,153 @@
+"""A3C: concurrency guarantees, staleness, RNG streams, a sequential reference, and learning."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxac import a3c, core
+from jaxac.analysis import read_metrics
+from jaxac.checkpoint import network_from_config
+from jaxac.config import compose_config, loss_config
+from jaxac.envs import make_env
+from jaxac.run import execute
+
+
+def make_trainer(overrides, keep_history=False):
+    cfg = compose_config(["algo=a3c"] + overrides)
+    spec = make_env(cfg.env.name)
+    trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices(),
+                                keep_history=keep_history)
+    return cfg, trainer
+
+
+def replay(trainer):
+    """Apply the recorded gradients one after another, in the recorded order, to a fresh state."""
+    learner = trainer.learner
+    params_key, _ = a3c.worker_keys(0, len(trainer.threads))
+    state = learner.init_state(params_key).copy()
+    n = learner.n_params
+    for _, grads, observed, scale in trainer.server.history:
+        out = np.asarray(learner.apply_update(state[n:], grads, observed, np.float32(scale)))
+        state[:n] += out[:n]
+        state[n:] = out[n:]
+    return state
+
+
+def test_locked_many_workers_lose_nothing_and_equal_sequential_application():
+    cfg, trainer = make_trainer(["workers=32", "total_steps=16000"], keep_history=True)
+    trainer.run_to_completion()
+    server, history = trainer.server, trainer.server.history
+    rollouts = 16000 // 5
+    assert len(history) == rollouts  # one gradient per rollout, every one applied
+    assert server.version == rollouts
+    assert [rec.applied_version for rec, *_ in history] == list(range(rollouts))  # lock order
+    assert not any(rec.interleaved for rec, *_ in history)
+    assert sum(trainer.progress.worker_steps) == rollouts * 5  # stops exactly at the budget
+    assert len({rec.worker for rec, *_ in history}) == 32  # every worker contributed
+    np.testing.assert_array_equal(server.state, replay(trainer))
+
+
+def test_hogwild_applies_every_update_and_counts_interleaving():
+    cfg, trainer = make_trainer(["workers=8", "total_steps=8000", "algo.update=hogwild"],
+                                keep_history=True)
+    trainer.run_to_completion()
+    records = [rec for rec, *_ in trainer.server.history]
+    assert len(records) == 8000 // 5
+    # Every update is applied (deltas are added in place); none is dropped or double counted.
+    assert max(rec.applied_version for rec in records) < len(records)
+    assert trainer.server.version <= len(records)
+    assert all(0 <= rec.staleness for rec in records)
+    # With 8 threads and the GIL released during each apply, windows do overlap.
+    assert sum(rec.interleaved for rec in records) > 0
+    assert np.isfinite(trainer.server.state).all()
+
+
+def test_staleness_zero_with_one_worker_and_positive_with_many():
+    _, one = make_trainer(["workers=1", "total_steps=1000"], keep_history=True)
+    one.run_to_completion()
+    assert all(rec.staleness == 0 for rec, *_ in one.server.history)
+    _, many = make_trainer(["workers=8", "total_steps=4000"], keep_history=True)
+    many.run_to_completion()
+    assert np.mean([rec.staleness for rec, *_ in many.server.history]) > 0
+
+
+def test_worker_rng_streams_and_entropy_spread():
+    _, keys = a3c.worker_keys(0, 4)
+    assert len({tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys}) == 4
+    _, keys_again = a3c.worker_keys(0, 6)  # worker i's key does not depend on the worker count
+    np.testing.assert_array_equal(keys[:4], keys_again[:4])
+    spread = a3c.entropy_coefficients({"log_uniform": [1e-4, 1e-2]}, 8, seed=3)
+    assert len(set(spread)) == 8 and all(1e-4 <= c <= 1e-2 for c in spread)
+    assert spread == a3c.entropy_coefficients({"log_uniform": [1e-4, 1e-2]}, 8, seed=3)
+    assert a3c.entropy_coefficients(0.02, 3, seed=0) == [0.02] * 3
+
+
+def test_one_locked_worker_matches_a_sequential_reference_built_from_core():
+    cfg, trainer = make_trainer(["workers=1", "total_steps=500", "env.normalize_obs=true"])
+    trainer.run_to_completion()
+    learner = trainer.learner
+    # Reference: the plain core functions in a Python loop, no threads, no packing.
+    params_key, keys = a3c.worker_keys(0, 1)
+    params = learner._init_params(params_key)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    opt_state = learner.tx.init(flat)
+    from jaxac.normalization import init_obs_stats, update_obs_stats
+
+    stats = init_obs_stats(learner.spec.obs_shape)
+    envs = learner.init_envs(keys[0])
+    loss = loss_config(cfg)
+
+    @jax.jit
+    def step(flat, opt_state, stats, envs):
+        envs, traj = core.rollout(learner.apply_fn, unravel(flat), stats, envs, learner.spec, 5,
+                                  loss.normalize_obs)
+        grads, _ = core.gradients(unravel(flat), learner.apply_fn, stats, traj, loss)
+        delta, opt_state = learner.tx.update(jax.flatten_util.ravel_pytree(grads)[0], opt_state)
+        stats = update_obs_stats(stats, traj.obs_tm1.reshape(-1, 4), True)
+        return flat + delta, opt_state, stats, envs
+
+    for _ in range(500 // 5):
+        flat, opt_state, stats, envs = step(flat, opt_state, stats, envs)
+    np.testing.assert_allclose(trainer.server.params, flat, rtol=1e-4, atol=1e-6)
+
+
+def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch):
+    original = a3c.A3CTrainer._record_episodes
+    calls = {"n": 0}
+
+    def failing(self, returns, lengths):
+        import threading
+
+        if threading.current_thread().name == "a3c-worker-3":
+            calls["n"] += 1
+            if calls["n"] == 20:
+                raise ValueError("injected failure in worker 3")
+        return original(self, returns, lengths)
+
+    monkeypatch.setattr(a3c.A3CTrainer, "_record_episodes", failing)
+    cfg = compose_config(["algo=a3c", "workers=8", "total_steps=50000000", "log_interval=500"])
+    with pytest.raises(a3c.WorkerFailed) as info:
+        execute(cfg, tmp_path)
+    assert info.value.worker == 3
+    assert "injected failure in worker 3" in info.value.trace
+    assert "_record_episodes" in info.value.trace
+    metrics = read_metrics(tmp_path)  # written and flushed up to the failure
+    assert len(metrics) >= 1 and metrics["env_steps"].max() < 50_000_000 // 100
+
+
+@pytest.mark.parametrize("mode", ["locked", "hogwild"])
+def test_a3c_learns_cartpole(tmp_path, mode):
+    # The preset's budget is 500k steps; these runs solve near 100k, so 250k keeps the test short.
+    overrides = ["algo=a3c", "workers=8", f"algo.update={mode}", "total_steps=250000"]
+    summary = execute(compose_config(overrides), tmp_path)
+    assert summary["solved"]["all_seeds"], summary["solved"]
+    assert summary["a3c"]["update_mode"] == mode
+    assert summary["a3c"]["updates_applied"] == summary["env_steps"] // 5
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in ("staleness_mean", "staleness_max", "staleness_histogram", "updates_per_second",
+                "worker_env_steps", "interleaved_updates"):
+        assert key in lines[-1]
+    assert sum(lines[-1]["staleness_histogram"].values()) > 0
