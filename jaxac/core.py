@@ -18,11 +18,6 @@ from jaxac.envs import EnvCarry, EnvSpec, step_envs
 from jaxac.normalization import ObsStats, normalize
 
 
-# Scans over time are unrolled up to this many steps: rollouts are short, and XLA's CPU runtime
-# pays a fixed cost per loop iteration that unrolling removes (and it lets steps fuse).
-UNROLL = 8
-
-
 @dataclass(frozen=True)
 class LossConfig:
     """Hyperparameters of the advantage actor-critic loss (hashable: a static jit argument)."""
@@ -85,7 +80,7 @@ def rollout(
         )
         return next_c, step
 
-    carry, traj = jax.lax.scan(one_step, carry, None, length=length, unroll=UNROLL)
+    carry, traj = jax.lax.scan(one_step, carry, None, length=length)
     return carry, traj
 
 
@@ -105,8 +100,7 @@ def n_step_returns(
         g = r + discount * jnp.where(done, v, g_next)
         return g, g
 
-    _, returns = jax.lax.scan(backward, v_t[-1], (r_t, discount_t, done_t, v_t), reverse=True,
-                                  unroll=UNROLL)
+    _, returns = jax.lax.scan(backward, v_t[-1], (r_t, discount_t, done_t, v_t), reverse=True)
     return returns
 
 
@@ -134,8 +128,7 @@ def gae_advantages(
         a = d + tr * a_next
         return a, a
 
-    _, adv = jax.lax.scan(backward, jnp.zeros_like(delta[-1]), (delta, trace), reverse=True,
-                              unroll=UNROLL)
+    _, adv = jax.lax.scan(backward, jnp.zeros_like(delta[-1]), (delta, trace), reverse=True)
     return adv
 
 
