@@ -32,10 +32,11 @@ def plot_learning_curve(metrics: pd.DataFrame, title: str = "", threshold: float
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for seed, group in metrics.groupby("seed_index"):
-        ax.plot(group["env_steps"], group["episode_return_mean"], alpha=0.35, lw=1,
+    for i, (seed, group) in enumerate(metrics.groupby("seed_index")):
+        color = f"C{i % 10}"  # one colour per seed: faint interval mean, bold last-100 mean
+        ax.plot(group["env_steps"], group["episode_return_mean"], color=color, alpha=0.3, lw=1,
                 label=f"seed {seed}: interval mean")
-        ax.plot(group["env_steps"], group["return_last100"], lw=2,
+        ax.plot(group["env_steps"], group["return_last100"], color=color, lw=2,
                 label=f"seed {seed}: last 100 episodes")
     if threshold is not None:
         ax.axhline(threshold, color="k", ls="--", lw=1, label=f"solved ({threshold:g})")

@@ -156,8 +156,8 @@ def loss_fn(params: Any, apply_fn: Callable, obs_stats: ObsStats, traj: Trajecto
     v_t = jax.lax.stop_gradient(v_t)
     chex.assert_equal_shape([v_tm1, traj.reward_t])
     discount_t = cfg.gamma * (1.0 - traj.terminated_t.astype(jnp.float32))
-    adv = gae_advantages(traj.reward_t * cfg.reward_scale, discount_t, traj.done_t, jax.lax.stop_gradient(v_tm1),
-                         v_t, cfg.gamma, cfg.gae_lambda)
+    adv = gae_advantages(traj.reward_t * cfg.reward_scale, discount_t, traj.done_t,
+                         jax.lax.stop_gradient(v_tm1), v_t, cfg.gamma, cfg.gae_lambda)
     returns = jax.lax.stop_gradient(adv + v_tm1)
     policy_loss = -jnp.mean(dist.log_prob(traj.action_tm1) * jax.lax.stop_gradient(adv))
     value_loss = 0.5 * jnp.mean((returns - v_tm1) ** 2)

@@ -73,8 +73,9 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 class Progress:
     """Prints a progress line at most every `every_seconds` (and always for the last one)."""
 
-    def __init__(self, label: str, total_steps: int, every_seconds: float):
-        self.label, self.total, self.every = label, total_steps, every_seconds
+    def __init__(self, label: str, total_steps: int, every_seconds: float, seeds: int = 1):
+        """`total_steps` is per seed; the steps/s shown are all seeds together."""
+        self.label, self.total, self.every, self.seeds = label, total_steps, every_seconds, seeds
         self.start = time.perf_counter()
         self._last = -math.inf
 
@@ -86,7 +87,8 @@ class Progress:
         self._last = now
         elapsed = now - self.start
         frac = env_steps / max(self.total, 1)
-        eta = (self.total - env_steps) / steps_per_second if steps_per_second > 0 else math.nan
+        per_seed_rate = steps_per_second / self.seeds
+        eta = (self.total - env_steps) / per_seed_rate if per_seed_rate > 0 else math.nan
         ret = "n/a" if episode_return is None else f"{episode_return:.1f}"
         l100 = "n/a" if last100 is None else f"{last100:.1f}"
         log.info(f"[{self.label}] steps {env_steps:,}/{self.total:,} ({100 * frac:.0f}%) | "

@@ -51,7 +51,7 @@ def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     devices = jax.devices()[: cfg.devices or len(jax.devices())]
     threshold = solve_threshold(cfg.env.name, cfg.env.solve_threshold)
     progress = Progress(f"{cfg.algo.name} {cfg.env.name}", int(cfg.total_steps),
-                        float(cfg.progress_seconds))
+                        float(cfg.progress_seconds), int(cfg.seeds))
     log.info(f"{cfg.algo.name} on {cfg.env.name}: {cfg.seeds} seed(s) x {cfg.workers} workers x "
              f"{cfg.rollout_length} steps per update, {cfg.total_steps:,} env steps per seed, "
              f"{len(devices)} device(s); writing to {run_dir}")
