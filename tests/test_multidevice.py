@@ -39,3 +39,18 @@ def test_four_devices_match_one_device(overrides):
     # the runs did train: parameters moved away from a fresh initialisation is checked by
     # the loss changing across intervals
     assert rows_one[0]["policy_loss"] != rows_one[-1]["policy_loss"]
+
+
+def test_a3c_workers_are_placed_round_robin_on_devices(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxac.run", "algo=a3c", "workers=4", "devices=2",
+         "total_steps=4000", "eval_episodes=2", f"hydra.run.dir={tmp_path}"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    placed = summary["a3c"]["worker_devices"]
+    assert len(set(placed)) == 2
+    assert placed[0] == placed[2] != placed[1] == placed[3]
+    assert summary["a3c"]["updates_applied"] == 4000 // 5
