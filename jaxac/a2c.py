@@ -24,6 +24,7 @@ from jaxac import core
 from jaxac.envs import EnvCarry, EnvSpec, reset_envs
 from jaxac.episodes import EpisodeStats, RecentEpisodes, add_episodes
 from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
+from jaxac.metrics import mean_or_none
 from jaxac.optim import current_lr
 from jaxac.results import TrainResult
 from jaxac.signals import StopRequest
@@ -304,14 +305,10 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
                 solved_wall[i] = (last_time - start) + frac * (now - last_time)
             writer.write({**row, "seed": int(cfg.seed), "wall_time": now - start,
                           "steps_per_second": rate})
-        progress.update(env_steps, rate, _mean(r["episode_return_mean"] for r in rows),
-                        _mean(r["return_last100"] for r in rows), force=done == n_total)
+        progress.update(env_steps, rate, mean_or_none(r["episode_return_mean"] for r in rows),
+                        mean_or_none(r["return_last100"] for r in rows), force=done == n_total)
         last_time, last_steps = now, env_steps
     return TrainResult(state.params, state.obs_stats, last_steps, compile_seconds,
                        time.perf_counter() - start, rates, solved_steps, solved_wall,
                        interrupted=done < n_total)
 
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None

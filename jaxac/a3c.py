@@ -52,6 +52,7 @@ from jaxac import core
 from jaxac.envs import EnvSpec, reset_envs
 from jaxac.episodes import WINDOW
 from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
+from jaxac.metrics import mean_or_none
 from jaxac.optim import current_lr
 from jaxac.results import TrainResult
 from jaxac.signals import StopRequest
@@ -456,30 +457,29 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
         totals["updates"] += len(records)
         totals["staleness"] += sum(stale)
         totals["interleaved"] += sum(r.interleaved for r in records)
-        mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
         solved = shared.solved_env_steps
         writer.write({
             "seed_index": 0, "seed": int(cfg.seed), "env_steps": steps,
             "updates": server.version, "wall_time": now - start,
             "steps_per_second": rate, "updates_per_second": len(records) / interval,
-            "episodes": len(returns), "episode_return_mean": mean(returns),
+            "episodes": len(returns), "episode_return_mean": mean_or_none(returns),
             "episode_return_min": min(returns) if returns else None,
             "episode_return_max": max(returns) if returns else None,
-            "episode_length_mean": mean([n for _, n in episodes]),
-            "return_last100": mean(list(shared.recent)),
+            "episode_length_mean": mean_or_none([n for _, n in episodes]),
+            "return_last100": mean_or_none(list(shared.recent)),
             "episodes_in_last100": len(shared.recent),
-            "policy_loss": mean([r.policy_loss for r in records]),
-            "value_loss": mean([r.value_loss for r in records]),
-            "entropy": mean([r.entropy for r in records]),
-            "grad_norm": mean([r.grad_norm for r in records]),
+            "policy_loss": mean_or_none([r.policy_loss for r in records]),
+            "value_loss": mean_or_none([r.value_loss for r in records]),
+            "entropy": mean_or_none([r.entropy for r in records]),
+            "grad_norm": mean_or_none([r.grad_norm for r in records]),
             "learning_rate": float(current_lr(server.opt_state)),
             "solved_env_steps": solved,
-            "staleness_mean": mean(stale), "staleness_max": max(stale) if stale else None,
+            "staleness_mean": mean_or_none(stale), "staleness_max": max(stale) if stale else None,
             "staleness_histogram": staleness_histogram(stale),
             "interleaved_updates": totals["interleaved"],
             "worker_env_steps": list(shared.worker_steps),
         })
-        progress.update(steps, rate, mean(returns), mean(list(shared.recent)))
+        progress.update(steps, rate, mean_or_none(returns), mean_or_none(list(shared.recent)))
         last.update(time=now, steps=steps)
 
     trainer.start()

@@ -62,6 +62,12 @@ class MetricsWriter:
         self.close()
 
 
+def mean_or_none(values) -> float | None:
+    """Mean of the values that are not None; None when there are none (nothing to average)."""
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write `data` as JSON atomically (temporary file, then rename)."""
     path = Path(path)
