@@ -40,7 +40,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -326,7 +326,6 @@ class A3CTrainer:
         learner, server, shared = self.learner, self.server, self.progress
         envs = jax.device_put(learner.init_envs(self.keys[i]), device)
         entropy_coef = jnp.float32(self.entropy_coefs[i])
-        steps = learner.rollout_length * learner.envs_per_worker
         while not self.stop_event.is_set() and shared.reserve_rollout():
             snap = server.snapshot()
             # the jitted call runs on the device its (committed) environment state lives on
@@ -335,7 +334,7 @@ class A3CTrainer:
             report = np.asarray(report)
             server.apply(i, snap.version, grads, observed, report[:4])
             shared.worker_steps[i] += shared.steps_per_rollout
-            done, returns, lengths = report[4:].reshape(3, steps)
+            done, returns, lengths = report[4:].reshape(3, shared.steps_per_rollout)
             self._record_episodes(returns[done > 0], lengths[done > 0])
 
     def _record_episodes(self, returns: np.ndarray, lengths: np.ndarray) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from jaxac.a3c import UPDATE_MODES
 from jaxac.core import LossConfig
 from jaxac.optim import OPTIMIZERS, OptimConfig
 
@@ -93,7 +94,6 @@ def register_configs() -> None:
 
 
 ALGOS = ("a2c", "a3c")
-UPDATE_MODES = ("locked", "hogwild")
 TORSOS = ("auto", "mlp", "conv")
 ACTIVATIONS = ("tanh", "relu")
 
