@@ -21,11 +21,16 @@ BAD = [
     (["env.name=CartPole-v2"], "env.name", "CartPole-v1"),  # the close match is suggested
     (["devices=2"], "devices", "2"),  # one CPU device in the test process
     (["network.torso=transformer"], "network.torso", "transformer"),
+    (["algo=a3c", "algo.update=async"], "algo.update", "async"),
+    (["algo=a3c", "algo.envs_per_worker=0"], "algo.envs_per_worker", "0"),
+    (["algo=a3c", "seeds=2"], "seeds", "2"),
+    (["algo=a3c", "algo.entropy_coef={log_uniform:[0.1,0.01]}"], "algo.entropy_coef", "0.1"),
+    (["algo=a3c", "algo.entropy_coef=-0.5"], "algo.entropy_coef", "-0.5"),
 ]
 
 
-@pytest.mark.parametrize("overrides,key,mentioned", BAD, ids=[b[1] + "=" + b[0][0].split("=")[1]
-                                                              for b in BAD])
+@pytest.mark.parametrize("overrides,key,mentioned", BAD,
+                         ids=[b[1] + "=" + b[0][-1].split("=", 1)[1] for b in BAD])
 def test_bad_values_name_the_key(overrides, key, mentioned):
     with pytest.raises(ConfigError) as info:
         validate(compose_config(overrides), available_devices=1)
@@ -41,6 +46,8 @@ def test_workers_must_split_evenly_over_devices():
 
 def test_default_config_is_valid():
     validate(compose_config([]), available_devices=1)
+    validate(compose_config(["algo=a3c", "algo.entropy_coef={log_uniform:[1e-4,1e-2]}"]),
+             available_devices=1)
 
 
 def test_cli_reports_bad_value_without_traceback(tmp_path):
