@@ -21,12 +21,13 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxac import core
+from jaxac.checkpoint import Checkpointer, load_checkpoint
 from jaxac.envs import EnvCarry, EnvSpec, reset_envs
 from jaxac.episodes import EpisodeStats, RecentEpisodes, add_episodes
 from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
-from jaxac.metrics import mean_or_none
+from jaxac.metrics import mean_or_none, resident_memory_mb
 from jaxac.optim import current_lr
-from jaxac.results import TrainResult
+from jaxac.results import Divergence, TrainResult, first_nonfinite
 from jaxac.signals import StopRequest
 
 AXIS = "devices"  # mesh axis the environment batch is split over
@@ -55,11 +56,31 @@ class IntervalMetrics:
     entropy: jax.Array
     grad_norm: jax.Array
     episodes: EpisodeStats
+    nonfinite_update: jax.Array  # first update whose results were not all finite; -1: none
+    nonfinite_flags: jax.Array  # at that update, bit i set: GUARDED_METRICS[i] was not finite
 
     @classmethod
     def empty(cls) -> "IntervalMetrics":
         z = jnp.float32(0)
-        return cls(jnp.int32(0), z, z, z, z, EpisodeStats.empty())
+        return cls(jnp.int32(0), z, z, z, z, EpisodeStats.empty(), jnp.int32(-1), jnp.int32(0))
+
+    def add(self, m: "IntervalMetrics") -> "IntervalMetrics":
+        """These sums plus one more update's metrics `m`."""
+        first = self.nonfinite_update >= 0
+        return IntervalMetrics(
+            self.updates + m.updates, self.policy_loss + m.policy_loss,
+            self.value_loss + m.value_loss, self.entropy + m.entropy,
+            self.grad_norm + m.grad_norm, self.episodes.merge(m.episodes),
+            jnp.where(first, self.nonfinite_update, m.nonfinite_update),
+            jnp.where(first, self.nonfinite_flags, m.nonfinite_flags))
+
+
+def nonfinite_flags(info: core.LossInfo, grad_norm: jax.Array, params: Any) -> jax.Array:
+    """Bit mask of the guarded metrics (GUARDED_METRICS order) that are NaN or infinite."""
+    params_finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+    checks = [info.policy_loss, info.value_loss, info.entropy, grad_norm]
+    bad = [~jnp.isfinite(x) for x in checks] + [~params_finite]
+    return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
 
 
 @dataclass
@@ -164,23 +185,28 @@ class A2CTrainer:
         newly_solved = (state.solved_update < 0) & (recent.full_mean() >= threshold)
         state = TrainState(params, opt_state, obs_stats, envs, recent, update,
                            jnp.where(newly_solved, update, state.solved_update))
+        grad_norm = optax.tree.norm(grads)
+        flags = nonfinite_flags(info, grad_norm, params)
         metrics = IntervalMetrics(jnp.int32(1), info.policy_loss, info.value_loss, info.entropy,
-                                  optax.tree.norm(grads),
-                                  EpisodeStats.of(ep_return, ep_length, done))
+                                  grad_norm, EpisodeStats.of(ep_return, ep_length, done),
+                                  jnp.where(flags != 0, update, -1), flags)
         return state, metrics
 
     def _sharded_run(self) -> Callable:
         def run(state: TrainState, num_updates: jax.Array):
-            def body(_, carry):
-                st, acc = carry
+            def keep_going(carry):
+                i, _, acc = carry
+                # The divergence guard: stop at the first update of any seed that went non-finite.
+                return (i < num_updates) & jnp.all(acc.nonfinite_update < 0)
+
+            def body(carry):
+                i, st, acc = carry
                 st, m = jax.vmap(self._update)(st)
-                acc = IntervalMetrics(acc.updates + m.updates, acc.policy_loss + m.policy_loss,
-                                      acc.value_loss + m.value_loss, acc.entropy + m.entropy,
-                                      acc.grad_norm + m.grad_norm, acc.episodes.merge(m.episodes))
-                return st, acc
+                return i + 1, st, acc.add(m)
 
             acc0 = jax.vmap(lambda _: IntervalMetrics.empty())(jnp.arange(self.s.seeds))
-            return jax.lax.fori_loop(0, num_updates, body, (state, acc0))
+            _, state, acc = jax.lax.while_loop(keep_going, body, (jnp.int32(0), state, acc0))
+            return state, acc
 
         def sharded(state: TrainState, num_updates: jax.Array):
             specs = self._specs(state)
@@ -206,6 +232,15 @@ class A2CTrainer:
         progress = jax.device_get((acc, state.recent, state.update, state.solved_update,
                                    current_lr(state.opt_state)))
         return state, interval_rows(*progress, steps_per_update=self.steps_per_update)
+
+    def divergence(self, rows: list[dict]) -> Divergence | None:
+        """The divergence an interval's rows report (the first seed's, if several), or None."""
+        for row in rows:
+            if row["nonfinite_update"] is not None:
+                return Divergence(row["nonfinite_update"],
+                                  row["nonfinite_update"] * self.steps_per_update,
+                                  first_nonfinite(row["nonfinite_flags"]), row["seed_index"])
+        return None
 
 
 def interval_rows(acc: IntervalMetrics, recent: RecentEpisodes, update: np.ndarray,
@@ -235,6 +270,9 @@ def interval_rows(acc: IntervalMetrics, recent: RecentEpisodes, update: np.ndarr
             "grad_norm": float(acc.grad_norm[i]) / n,
             "learning_rate": float(lr[i]),
             "solved_env_steps": solved * steps_per_update if solved >= 0 else None,
+            "nonfinite_update": int(acc.nonfinite_update[i]) if acc.nonfinite_update[i] >= 0
+            else None,
+            "nonfinite_flags": int(acc.nonfinite_flags[i]),
         })
     return rows
 
@@ -270,30 +308,47 @@ def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A2CTrainer
 
 
 def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
-          stop: StopRequest) -> TrainResult:
+          stop: StopRequest, checkpointer: Checkpointer) -> TrainResult:
     """Train `cfg.seeds` A2C agents for `cfg.total_steps` env steps each, logging as it goes.
 
-    When `stop` is requested (SIGINT/SIGTERM) the current logging interval finishes and the
-    result so far is returned, marked interrupted.
+    Starts from `checkpointer.resume_from` when it names a checkpoint. Writes a checkpoint every
+    `checkpoint_every` env steps (at the first log point past it) and at the end. When `stop` is
+    requested (SIGINT/SIGTERM) the current logging interval finishes, a checkpoint is written and
+    the result so far is returned, marked interrupted. When an update goes non-finite training
+    stops there; the last good checkpoint stays the newest.
     """
-    start = time.perf_counter()
     trainer = build_trainer(cfg, spec, network, devices)
     state = trainer.init_state(int(cfg.seed))
+    seeds = int(cfg.seeds)
+    host = {"updates_done": 0, "wall_seconds": 0.0, "rates": [],
+            "solved_env_steps": [None] * seeds, "solved_wall_seconds": [None] * seeds}
+    if checkpointer.resume_from is not None:
+        restored = load_checkpoint(checkpointer.resume_from, jax.device_get(state))
+        state = jax.device_put(restored, trainer._shardings(restored))
+        host.update({k: checkpointer.resume_from.meta[k] for k in host})
+    # Wall time continues from the checkpoint's, so a resumed run's times line up with before.
+    start = time.perf_counter() - host["wall_seconds"]
     compile_seconds = trainer.compile(state)
     n_total = total_updates(cfg.total_steps, trainer.steps_per_update)
     per_log = updates_per_log(cfg.log_interval, trainer.steps_per_update)
-    seeds = int(cfg.seeds)
-    rates: list[float] = []
-    solved_steps: list[int | None] = [None] * seeds
-    solved_wall: list[float | None] = [None] * seeds
-    done = 0
-    last_time, last_steps = time.perf_counter(), 0
+    rates, solved_steps, solved_wall = host["rates"], host["solved_env_steps"], \
+        host["solved_wall_seconds"]
+    done = host["updates_done"]
+    divergence = None
+    last_time, last_steps = time.perf_counter(), done * trainer.steps_per_update
+
+    def save_checkpoint() -> None:
+        checkpointer.save(state, {
+            "algo": "a2c", "env_steps": last_steps, "updates_done": done,
+            "wall_seconds": time.perf_counter() - start, "metrics_lines": writer.lines,
+            "rates": rates, "solved_env_steps": solved_steps, "solved_wall_seconds": solved_wall})
+
     while done < n_total and not stop.requested:
         n = min(per_log, n_total - done)
         state, rows = trainer.run_updates(state, n)
-        done += n
         now = time.perf_counter()
         env_steps = rows[0]["env_steps"]
+        done = rows[0]["updates"]
         rate = (env_steps - last_steps) * seeds / (now - last_time)
         rates.append(rate)
         for row in rows:
@@ -304,11 +359,18 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
                 solved_steps[i] = row["solved_env_steps"]
                 solved_wall[i] = (last_time - start) + frac * (now - last_time)
             writer.write({**row, "seed": int(cfg.seed), "wall_time": now - start,
-                          "steps_per_second": rate})
+                          "steps_per_second": rate, "rss_mb": resident_memory_mb()})
         progress.update(env_steps, rate, mean_or_none(r["episode_return_mean"] for r in rows),
                         mean_or_none(r["return_last100"] for r in rows), force=done == n_total)
         last_time, last_steps = now, env_steps
+        divergence = trainer.divergence(rows)
+        if divergence is not None:
+            divergence.last_checkpoint_env_steps = checkpointer.last_env_steps
+            break
+        if checkpointer.due(env_steps):
+            save_checkpoint()
+    if divergence is None:
+        save_checkpoint()  # the final (or interrupted) state, to resume or extend from
     return TrainResult(state.params, state.obs_stats, last_steps, compile_seconds,
                        time.perf_counter() - start, rates, solved_steps, solved_wall,
-                       interrupted=done < n_total)
-
+                       interrupted=done < n_total and divergence is None, diverged=divergence)

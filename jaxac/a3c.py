@@ -52,9 +52,10 @@ from jaxac import core
 from jaxac.envs import EnvSpec, reset_envs
 from jaxac.episodes import WINDOW
 from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
-from jaxac.metrics import mean_or_none
+from jaxac.checkpoint import Checkpointer, load_checkpoint
+from jaxac.metrics import mean_or_none, resident_memory_mb
 from jaxac.optim import current_lr
-from jaxac.results import TrainResult
+from jaxac.results import GUARDED_METRICS, Divergence, TrainResult, first_nonfinite
 from jaxac.signals import StopRequest
 
 UPDATE_MODES = ("locked", "hogwild")
@@ -75,6 +76,14 @@ class WorkerFailed(RuntimeError):
     def __init__(self, worker: int, trace: str):
         self.worker, self.trace = worker, trace
         super().__init__(f"A3C worker {worker} failed:\n{trace}")
+
+
+class NonFiniteUpdate(RuntimeError):
+    """An update's losses, gradient or parameter step were not finite; it was not applied."""
+
+    def __init__(self, update: int, flags: int):
+        self.update, self.flags = update, flags
+        super().__init__(f"update {update}: {first_nonfinite(flags)} is not finite")
 
 
 @dataclass(frozen=True)
@@ -251,7 +260,14 @@ class ParameterServer:
 
     def apply(self, worker: int, snapshot_version: int, grads: jax.Array, observed: jax.Array,
               diagnostics: np.ndarray) -> UpdateRecord:
-        """Apply one worker's gradient to the shared state (under the lock in locked mode)."""
+        """Apply one worker's gradient to the shared state (under the lock in locked mode).
+
+        `diagnostics` = [policy loss, value loss, entropy, gradient norm]. Raises NonFiniteUpdate,
+        leaving the shared state untouched, if any of them or the parameter step is not finite.
+        """
+        bad = ~np.isfinite(diagnostics)
+        if bad.any():
+            raise NonFiniteUpdate(self.version + 1, sum(1 << i for i in np.flatnonzero(bad)))
         with self._lock:
             base_version = self.version
             staleness = base_version - snapshot_version
@@ -259,6 +275,8 @@ class ParameterServer:
             out = np.asarray(self.learner.apply_update(
                 self.state[self._n_params:], grads, observed, np.float32(scale)))
             n = self._n_params
+            if not np.isfinite(out[:n]).all():
+                raise NonFiniteUpdate(base_version + 1, 1 << GUARDED_METRICS.index("params"))
             np.add(self.state[:n], out[:n], out=self.state[:n])  # parameters: add the delta
             np.copyto(self.state[n:], out[n:])  # statistics: replace
             self.version = version = next(self._versions)
@@ -272,6 +290,12 @@ class ParameterServer:
     def drain_records(self) -> list[UpdateRecord]:
         """Take the records appended since the last drain."""
         return [self.records.popleft() for _ in range(len(self.records))]
+
+    def restore(self, state: np.ndarray, version: int) -> None:
+        """Continue from a checkpoint's shared state vector and version counter."""
+        np.copyto(self.state, state)
+        self.version = version
+        self._versions = itertools.count(version + 1)
 
 
 class SharedProgress:
@@ -291,6 +315,14 @@ class SharedProgress:
         """Claim one rollout of the budget; False once `total_steps` is used up."""
         return next(self._rollout_tickets) < self.total_rollouts
 
+    def restore(self, worker_steps: list[int], recent: list[float],
+                solved_env_steps: int | None) -> None:
+        """Continue from a checkpoint's counters (the rollouts already done are used up)."""
+        self.worker_steps = list(worker_steps)
+        self._rollout_tickets = itertools.count(self.env_steps // self.steps_per_rollout)
+        self.recent.extend(recent)
+        self.solved_env_steps = solved_env_steps
+
     @property
     def env_steps(self) -> int:
         return sum(self.worker_steps)
@@ -307,8 +339,18 @@ class A3CTrainer:
         self.threshold = solve_threshold
         self.stop_event = threading.Event()
         self.failures: list[WorkerFailed] = []
+        self.divergence: NonFiniteUpdate | None = None
+        workers = len(entropy_coefs)
+        # Each worker's environment state after its last update (what a checkpoint stores), and
+        # the states to start from (None: fresh ones from the worker's key).
+        self.worker_envs: list[Any] = [None] * workers
+        self.initial_envs: list[Any] | None = None
+        # Pausing for a consistent checkpoint: workers park between updates until released.
+        self._pause = threading.Event()
+        self._parked = 0
+        self._cond = threading.Condition()
         self.threads = [threading.Thread(target=self._worker, args=(i,), name=f"a3c-worker-{i}",
-                                         daemon=True) for i in range(len(entropy_coefs))]
+                                         daemon=True) for i in range(workers)]
 
     def device_of(self, worker: int):
         """Workers are placed round-robin on the devices."""
@@ -317,22 +359,34 @@ class A3CTrainer:
     def _worker(self, i: int) -> None:
         try:
             self._worker_loop(i)
+        except NonFiniteUpdate as diverged:
+            if self.divergence is None:
+                self.divergence = diverged
+            self.stop()
         except BaseException:  # noqa: BLE001 - any failure must end the run with its traceback
             self.failures.append(WorkerFailed(i, traceback.format_exc()))
-            self.stop_event.set()
+            self.stop()
 
     def _worker_loop(self, i: int) -> None:
         device = self.device_of(i)
         learner, server, shared = self.learner, self.server, self.progress
-        envs = jax.device_put(learner.init_envs(self.keys[i]), device)
+        envs = (self.initial_envs[i] if self.initial_envs is not None
+                else learner.init_envs(self.keys[i]))
+        envs = self.worker_envs[i] = jax.device_put(envs, device)
         entropy_coef = jnp.float32(self.entropy_coefs[i])
-        while not self.stop_event.is_set() and shared.reserve_rollout():
+        while not self.stop_event.is_set():
+            if self._pause.is_set():
+                self._park()
+                continue
+            if not shared.reserve_rollout():
+                break
             snap = server.snapshot()
             # the jitted call runs on the device its (committed) environment state lives on
             envs, grads, observed, report = learner.rollout_and_gradient(
                 snap.vector, envs, entropy_coef)
             report = np.asarray(report)
             server.apply(i, snap.version, grads, observed, report[:4])
+            self.worker_envs[i] = envs
             shared.worker_steps[i] += shared.steps_per_rollout
             done, returns, lengths = report[4:].reshape(3, shared.steps_per_rollout)
             self._record_episodes(returns[done > 0], lengths[done > 0])
@@ -347,14 +401,50 @@ class A3CTrainer:
             shared.solved_env_steps = shared.env_steps
             shared.solved_time = time.perf_counter()
 
+    def _park(self) -> None:
+        with self._cond:
+            self._parked += 1
+            self._cond.notify_all()
+            while self._pause.is_set() and not self.stop_event.is_set():
+                self._cond.wait()
+            self._parked -= 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hold every worker between two updates; yields True once all running ones are parked
+        (the shared state, environment states and counters are then consistent), False if the
+        run is stopping instead."""
+        with self._cond:
+            self._pause.set()
+            while (not self.stop_event.is_set()
+                   and self._parked < sum(t.is_alive() for t in self.threads)):
+                self._cond.wait(timeout=0.05)  # also notices a worker that ended on its own
+            all_parked = not self.stop_event.is_set()
+        try:
+            yield all_parked
+        finally:
+            with self._cond:
+                self._pause.clear()
+                self._cond.notify_all()
+
     def start(self) -> None:
         for t in self.threads:
             t.start()
 
+    def stop(self) -> None:
+        """Ask every worker to finish its current update and end (parked ones too)."""
+        with self._cond:
+            self.stop_event.set()
+            self._cond.notify_all()
+
     def stop_and_join(self) -> None:
-        self.stop_event.set()
+        self.stop()
         for t in self.threads:
             t.join()
+
+    def all_worker_envs(self) -> Any:
+        """Every worker's environment state, stacked on a leading worker axis (on the host)."""
+        return jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(self.worker_envs))
 
     def run_to_completion(self) -> None:
         """Start the workers, wait until the step budget is used up; re-raise a worker failure."""
@@ -429,20 +519,37 @@ def compile_learner(trainer: A3CTrainer) -> float:
 
 
 def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
-          stop: StopRequest) -> TrainResult:
-    """Run A3C until `total_steps`, a stop request, or a worker failure; logs as it goes.
+          stop: StopRequest, checkpointer: Checkpointer) -> TrainResult:
+    """Run A3C until `total_steps`, a stop request, a non-finite update or a worker failure.
 
+    Starts from `checkpointer.resume_from` when it names a checkpoint; logs as it goes; writes a
+    checkpoint (workers paused between updates for a consistent one) every `checkpoint_every` env
+    steps and at the end, but not after a non-finite update, so the last good one stays newest.
     Raises WorkerFailed (after the workers are joined and the metrics written) if a worker raised.
     """
-    start = time.perf_counter()
     trainer = build_trainer(cfg, spec, network, devices)
-    compile_seconds = compile_learner(trainer)
     server, shared = trainer.server, trainer.progress
+    host = {"wall_seconds": 0.0, "rates": [], "totals": {"updates": 0, "staleness": 0,
+                                                          "interleaved": 0}}
+    resume = checkpointer.resume_from
+    if resume is not None:
+        target = {"state": server.state.copy(),
+                  "envs": jax.device_get(jax.vmap(trainer.learner.init_envs)(trainer.keys))}
+        restored = load_checkpoint(resume, target)
+        meta = resume.meta
+        server.restore(restored["state"], int(meta["version"]))
+        shared.restore(meta["worker_env_steps"], meta["recent_returns"], meta["solved_env_steps"])
+        trainer.initial_envs = [jax.tree.map(lambda x, i=i: x[i], restored["envs"])
+                                for i in range(len(trainer.threads))]
+        host.update({k: meta[k] for k in host})
+    start = time.perf_counter() - host["wall_seconds"]
+    if resume is not None and resume.meta["solved_wall_seconds"] is not None:
+        shared.solved_time = start + resume.meta["solved_wall_seconds"]
+    compile_seconds = compile_learner(trainer)
     log_every = max(int(cfg.log_interval), shared.steps_per_rollout)
-    rates: list[float] = []
-    last = {"time": time.perf_counter(), "steps": 0}
-    totals = {"updates": 0, "staleness": 0, "interleaved": 0}
-    next_log = log_every
+    rates, totals = host["rates"], host["totals"]
+    last = {"time": time.perf_counter(), "steps": shared.env_steps}
+    next_log = (shared.env_steps // log_every + 1) * log_every
 
     def log_point(now: float) -> None:
         steps, records = shared.env_steps, server.drain_records()
@@ -477,9 +584,21 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
             "staleness_histogram": staleness_histogram(stale),
             "interleaved_updates": totals["interleaved"],
             "worker_env_steps": list(shared.worker_steps),
+            "rss_mb": resident_memory_mb(),
         })
         progress.update(steps, rate, mean_or_none(returns), mean_or_none(list(shared.recent)))
         last.update(time=now, steps=steps)
+
+    def save_checkpoint() -> None:
+        """Call with the workers paused or joined."""
+        checkpointer.save({"state": server.state, "envs": trainer.all_worker_envs()}, {
+            "algo": "a3c", "env_steps": shared.env_steps, "version": server.version,
+            "worker_env_steps": list(shared.worker_steps), "recent_returns": list(shared.recent),
+            "solved_env_steps": shared.solved_env_steps,
+            "solved_wall_seconds": None if shared.solved_time is None
+            else shared.solved_time - start,
+            "wall_seconds": time.perf_counter() - start, "metrics_lines": writer.lines,
+            "rates": rates, "totals": totals})
 
     trainer.start()
     try:
@@ -487,7 +606,13 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
             if trainer.stop_event.wait(timeout=0.02) or stop.requested:
                 break
             if shared.env_steps >= next_log:
-                log_point(time.perf_counter())
+                if checkpointer.due(shared.env_steps):
+                    with trainer.paused() as consistent:
+                        log_point(time.perf_counter())
+                        if consistent:
+                            save_checkpoint()
+                else:
+                    log_point(time.perf_counter())
                 next_log = (shared.env_steps // log_every + 1) * log_every
     finally:
         trainer.stop_and_join()
@@ -495,6 +620,13 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
         log_point(time.perf_counter())
     if trainer.failures:
         raise trainer.failures[0]
+    divergence = None
+    if trainer.divergence is not None:
+        divergence = Divergence(trainer.divergence.update, shared.env_steps,
+                                first_nonfinite(trainer.divergence.flags), 0,
+                                checkpointer.last_env_steps)
+    else:
+        save_checkpoint()  # the final (or interrupted) state, to resume or extend from
     solved_wall = None if shared.solved_time is None else shared.solved_time - start
     return TrainResult(
         params=jax.tree.map(lambda x: x[None], trainer.learner.unravel(server.params)),
@@ -502,7 +634,7 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
         env_steps=shared.env_steps, compile_seconds=compile_seconds,
         train_seconds=time.perf_counter() - start, steps_per_second=rates,
         solved_env_steps=[shared.solved_env_steps], solved_wall_seconds=[solved_wall],
-        interrupted=stop.requested,
+        interrupted=stop.requested and divergence is None, diverged=divergence,
         extra={"update_mode": server.mode, "updates_applied": totals["updates"],
                "version": server.version,
                "interleaved_updates": totals["interleaved"],

@@ -1,13 +1,22 @@
 """Checkpoints: msgpack-serialised pytrees (flax.serialization, no pickle), written atomically.
 
-A run directory's `checkpoint/policy.msgpack` holds the final parameters and observation
-statistics of every seed; `load_policy(run_dir)` rebuilds the network from the run's saved Hydra
-config and returns everything needed to act.
+A run directory's `checkpoint/` holds:
+
+- `policy.msgpack`: the final parameters and observation statistics of every seed;
+  `load_policy(run_dir)` rebuilds the network from the run's saved Hydra config.
+- `state-<env steps>.msgpack` + `.json`: full training checkpoints (everything a trainer needs to
+  continue: parameters, optimizer state, environment states, RNG keys, counters) and their
+  metadata, which carries the payload's SHA-256. The newest `checkpoint_keep` are kept; loading
+  falls back to an older one when the newest is incomplete or corrupt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,22 +27,30 @@ from flax import serialization
 from omegaconf import DictConfig, OmegaConf
 
 from jaxac.envs import EnvSpec, make_env
+from jaxac.metrics import write_json
 from jaxac.networks import ActorCritic, make_network
 from jaxac.normalization import ObsStats, init_obs_stats
 
-POLICY_FILE = "checkpoint/policy.msgpack"
+log = logging.getLogger("jaxac")
+
+CHECKPOINT_DIR = "checkpoint"
+POLICY_FILE = f"{CHECKPOINT_DIR}/policy.msgpack"
+_STATE_NAME = re.compile(r"^state-(\d+)\.json$")
 
 
-def save_tree(path: str | os.PathLike, tree: Any) -> None:
-    """Serialise `tree` to `path` atomically: a crash mid-write leaves any older file intact."""
+def save_tree(path: str | os.PathLike, tree: Any) -> bytes:
+    """Serialise `tree` to `path` atomically: a crash mid-write leaves any older file intact.
+    Returns the bytes written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload = serialization.to_bytes(jax.device_get(tree))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(serialization.to_bytes(jax.device_get(tree)))
+        f.write(payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return payload
 
 
 def load_tree(path: str | os.PathLike, target: Any) -> Any:
@@ -44,8 +61,9 @@ def load_tree(path: str | os.PathLike, target: Any) -> Any:
 
 def network_from_config(cfg: DictConfig, spec: EnvSpec) -> ActorCritic:
     n = cfg.network
+    log_std_init = n.get("log_std_init")  # absent from configs saved before it existed
     return make_network(spec, n.torso, list(n.hidden_sizes), n.activation, n.conv_channels,
-                        n.conv_dense)
+                        n.conv_dense, 0.0 if log_std_init is None else float(log_std_init))
 
 
 def save_policy(run_dir: str | os.PathLike, params: Any, obs_stats: ObsStats) -> Path:
@@ -82,3 +100,105 @@ def load_policy(run_dir: str | os.PathLike) -> Policy:
     tree = load_tree(ckpt, target)
     return Policy(spec, network, tree["params"], tree["obs_stats"], bool(cfg.env.normalize_obs),
                   cfg)
+
+
+# ----- training checkpoints (resume) --------------------------------------------------------------
+
+class CheckpointError(RuntimeError):
+    """No usable training checkpoint where one was expected."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One training checkpoint on disk whose payload matched its recorded checksum."""
+
+    payload_path: Path
+    meta: dict
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.meta["env_steps"])
+
+
+def _state_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """(env steps, metadata path) of every training checkpoint, newest first."""
+    folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STATE_NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def find_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    """The newest training checkpoint that is complete and intact, or None.
+
+    A checkpoint counts once its metadata exists (it is written after the payload) and the
+    payload's SHA-256 matches the one recorded there; others are skipped with a warning.
+    """
+    for _, meta_path in _state_files(Path(run_dir)):
+        payload_path = meta_path.with_suffix(".msgpack")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            digest = hashlib.sha256(payload_path.read_bytes()).hexdigest()
+        except (OSError, ValueError) as error:
+            log.warning(f"skipping checkpoint {meta_path.name}: unreadable ({error})")
+            continue
+        if digest != meta.get("sha256"):
+            log.warning(f"skipping checkpoint {payload_path.name}: its contents do not match the "
+                        "checksum recorded when it was written (corrupt or partly written)")
+            continue
+        return CheckpointInfo(payload_path, meta)
+    return None
+
+
+def load_checkpoint(info: CheckpointInfo, target: Any) -> Any:
+    """The training state stored in `info`, in the structure of `target`."""
+    return load_tree(info.payload_path, target)
+
+
+class Checkpointer:
+    """Writes a trainer's periodic training checkpoints into `run_dir/checkpoint/`.
+
+    `every`: environment steps (per seed) between two checkpoints, 0 for none but the final one;
+    `keep`: how many of the newest to keep on disk.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, every: int, keep: int,
+                 resume_from: CheckpointInfo | None = None):
+        self.run_dir, self.every, self.keep = Path(run_dir), int(every), max(1, int(keep))
+        self.resume_from = resume_from
+        self.last_env_steps = resume_from.env_steps if resume_from else None
+        self._next = self._next_after(self.last_env_steps or 0)
+        if resume_from is not None:
+            self._set_aside_newer_than(resume_from.env_steps)
+
+    def _set_aside_newer_than(self, env_steps: int) -> None:
+        """Rename checkpoints newer than the one resumed from (corrupt or incomplete ones) so
+        they are neither loaded nor mistaken for the newest; nothing is deleted."""
+        for steps, meta_path in _state_files(self.run_dir):
+            if steps > env_steps:
+                for path in (meta_path, meta_path.with_suffix(".msgpack")):
+                    if path.exists():
+                        path.rename(path.with_name(path.name + ".unusable"))
+
+    def _next_after(self, env_steps: int) -> float:
+        return (env_steps // self.every + 1) * self.every if self.every > 0 else float("inf")
+
+    def due(self, env_steps: int) -> bool:
+        """Whether a periodic checkpoint is due at this log point."""
+        return env_steps >= self._next
+
+    def save(self, tree: Any, meta: dict) -> Path:
+        """Write `tree` and `meta` (which must hold `env_steps`) as the newest checkpoint."""
+        env_steps = int(meta["env_steps"])
+        base = self.run_dir / CHECKPOINT_DIR / f"state-{env_steps:012d}"
+        payload = save_tree(base.with_suffix(".msgpack"), tree)
+        # The metadata goes last: a checkpoint without it is incomplete and never loaded.
+        write_json(base.with_suffix(".json"),
+                   {**meta, "sha256": hashlib.sha256(payload).hexdigest(), "format": 1})
+        self.last_env_steps = env_steps
+        self._next = self._next_after(env_steps)
+        for _, old in _state_files(self.run_dir)[self.keep:]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".msgpack").unlink(missing_ok=True)
+        return base.with_suffix(".msgpack")

@@ -34,6 +34,8 @@ class NetworkConfig:
     activation: str = "tanh"
     conv_channels: int = 16
     conv_dense: int = 128
+    # Initial log standard deviation of the Gaussian policy (continuous actions only); None: 0.0.
+    log_std_init: Optional[float] = None
 
 
 @dataclass
@@ -83,11 +85,19 @@ class Config:
     log_interval: int = 20_000  # environment steps between two metric lines
     progress_seconds: float = 2.0  # at most this long between two console progress lines
     eval_episodes: int = 100  # greedy evaluation episodes at the end of training
+    checkpoint_every: int = 100_000  # env steps between training checkpoints; 0: only the last
+    checkpoint_keep: int = 2  # newest training checkpoints kept on disk
+    resume: Optional[str] = None  # a run directory to continue in place
 
 
 def register_configs() -> None:
     """Put the schemas into Hydra's ConfigStore (the yaml files in conf/ extend them)."""
     cs = ConfigStore.instance()
+    # `${jaxac_if:COND,THEN,ELSE}` in conf/: THEN where COND is set, else ELSE (a resumed run
+    # writes into its own directory instead of a new one).
+    if not OmegaConf.has_resolver("jaxac_if"):
+        OmegaConf.register_new_resolver("jaxac_if", lambda cond, then, otherwise:
+                                        then if cond else otherwise)
     cs.store(name="base_config", node=Config)
     cs.store(group="algo", name="a2c_schema", node=A2CConfig)
     cs.store(group="algo", name="a3c_schema", node=A3CConfig)
@@ -133,6 +143,9 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     _require(cfg.log_interval >= 1, "log_interval", cfg.log_interval, "an integer >= 1")
     _require(cfg.progress_seconds > 0, "progress_seconds", cfg.progress_seconds, "a number > 0")
     _require(cfg.eval_episodes >= 0, "eval_episodes", cfg.eval_episodes, "an integer >= 0")
+    _require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
+             "an integer >= 0 (0: only the final checkpoint)")
+    _require(cfg.checkpoint_keep >= 1, "checkpoint_keep", cfg.checkpoint_keep, "an integer >= 1")
     _require(algo.lr > 0, "algo.lr", algo.lr, "a number > 0")
     for key in ("gamma", "gae_lambda"):
         value = algo[key]
@@ -154,6 +167,12 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     _require(len(cfg.network.hidden_sizes) >= 1 and min(cfg.network.hidden_sizes) >= 1,
              "network.hidden_sizes", list(cfg.network.hidden_sizes),
              "a non-empty list of positive layer widths")
+    if cfg.network.log_std_init is not None:
+        from jaxac.envs import make_env
+
+        _require(not make_env(cfg.env.name).discrete, "network.log_std_init",
+                 cfg.network.log_std_init, f"unset (null) for {cfg.env.name}, whose actions are "
+                 "discrete: it sets the Gaussian policy of continuous-action environments")
     if cfg.devices is not None:
         _require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
                  f"between 1 and the {available_devices} available device(s), or null for all")
@@ -201,6 +220,46 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
     return OptimConfig(lr=float(a.lr), optimizer=str(a.optimizer),
                        rmsprop_decay=float(a.rmsprop_decay), eps=float(a.eps),
                        max_grad_norm=float(a.max_grad_norm), anneal_lr=bool(a.anneal_lr))
+
+
+# What a resumed run may change: how long it goes on and how it reports, never what it learns.
+RESUME_CHANGEABLE = {"total_steps": int, "eval_episodes": int, "progress_seconds": (int, float),
+                     "checkpoint_every": int, "checkpoint_keep": int, "devices": (int, type(None))}
+
+
+def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
+    """The config to continue the run in directory `resume`: its saved config, plus command-line
+    `overrides` of the keys in RESUME_CHANGEABLE. Raises ConfigError for a directory that is not a
+    run or holds no intact checkpoint, and for an override of any other key."""
+    from pathlib import Path
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from jaxac.checkpoint import find_checkpoint
+
+    run_dir = Path(resume)
+    saved = run_dir / ".hydra" / "config.yaml"
+    _require(run_dir.is_dir(), "resume", resume, "the path of an existing run directory")
+    _require(saved.exists(), "resume", resume,
+             "a jaxac run directory (one holding .hydra/config.yaml)")
+    _require(find_checkpoint(run_dir) is not None, "resume", resume,
+             "a run directory holding an intact training checkpoint (checkpoint/state-*.json); "
+             "this one has none")
+    cfg = OmegaConf.load(saved)
+    changeable = ", ".join(RESUME_CHANGEABLE)
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        value = override.value()
+        _require(key in RESUME_CHANGEABLE, key, value,
+                 f"left as saved when resuming (the run continues with its own config); only "
+                 f"{changeable} may change")
+        _require(isinstance(value, RESUME_CHANGEABLE[key]) and not isinstance(value, bool), key,
+                 value, f"a value of type {RESUME_CHANGEABLE[key]}")
+        OmegaConf.update(cfg, key, value)
+    cfg.resume = str(run_dir)
+    return cfg
 
 
 CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")

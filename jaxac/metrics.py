@@ -41,13 +41,15 @@ class MetricsWriter:
     so a killed run keeps every line logged before the kill."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines = len(_read_lines(self.path))  # lines in the file (a resumed run appends)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(_json_safe(record)) + "\n")
         self._file.flush()
+        self.lines += 1
 
     def close(self) -> None:
         if not self._file.closed:
@@ -60,6 +62,34 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+METRICS_FILE = "metrics.jsonl"
+# Metric fields that depend on the machine and its load, not on the seed and config: everything
+# else in an A2C run's metrics is reproduced exactly by the same seed and config.
+MACHINE_DEPENDENT_FIELDS = ("wall_time", "steps_per_second", "updates_per_second", "rss_mb")
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+
+
+def truncate_metrics(run_dir: str | os.PathLike, keep_lines: int) -> Path | None:
+    """Cut `metrics.jsonl` back to its first `keep_lines` lines (what a checkpoint had seen), so a
+    resumed run neither duplicates nor skips log points. The lines cut are moved, not deleted, to
+    `metrics.after-checkpoint-<n>.jsonl`; returns that file's path, or None if nothing was cut."""
+    path = Path(run_dir) / METRICS_FILE
+    lines = _read_lines(path)
+    if len(lines) <= keep_lines:
+        return None
+    n = 0
+    while (aside := path.with_name(f"metrics.after-checkpoint-{n}.jsonl")).exists():
+        n += 1
+    aside.write_text("".join(lines[keep_lines:]), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines[:keep_lines]), encoding="utf-8")
+    os.replace(tmp, path)
+    return aside
 
 
 def mean_or_none(values) -> float | None:
@@ -128,6 +158,23 @@ def environment_info() -> dict:
         "devices": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
                     for d in devices],
     }
+
+
+def resident_memory_mb() -> float | None:
+    """This process's current resident memory (Linux /proc), in MiB; None where unavailable."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB else
 
 
 def _cpu_model() -> str:

@@ -61,6 +61,7 @@ class ActorCritic(nn.Module):
     activation: str = "tanh"
     conv_channels: int = 16
     conv_dense: int = 128
+    log_std_init: float = 0.0  # Gaussian head only
 
     @nn.compact
     def __call__(self, obs: jax.Array):
@@ -75,15 +76,16 @@ class ActorCritic(nn.Module):
         policy_out = _dense(self.action_dim, 0.01)(actor_features)
         if self.discrete:
             return Categorical(policy_out), value
-        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init),
+                             (self.action_dim,))
         return DiagonalGaussian(policy_out, jnp.broadcast_to(log_std, policy_out.shape)), value
 
 
 def make_network(spec: EnvSpec, torso: str = "auto", hidden_sizes: Sequence[int] = (64, 64),
                  activation: str = "tanh", conv_channels: int = 16,
-                 conv_dense: int = 128) -> ActorCritic:
+                 conv_dense: int = 128, log_std_init: float = 0.0) -> ActorCritic:
     """Build the actor-critic for `spec`; `torso="auto"` picks the conv torso for image observations."""
     if torso == "auto":
         torso = "conv" if len(spec.obs_shape) == 3 else "mlp"
     return ActorCritic(spec.action_dim, spec.discrete, len(spec.obs_shape), torso,
-                       tuple(hidden_sizes), activation, conv_channels, conv_dense)
+                       tuple(hidden_sizes), activation, conv_channels, conv_dense, log_std_init)

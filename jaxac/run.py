@@ -1,12 +1,17 @@
 """`python -m jaxac.run [OVERRIDES...]`: the Hydra entry point.
 
 Validates the configuration, trains with the trainer `algo` names, then writes into Hydra's run
-directory: `metrics.jsonl`, `summary.json`, `learning_curve.png` and `checkpoint/policy.msgpack`.
+directory: `metrics.jsonl`, `summary.json`, `learning_curve.png`, `checkpoint/policy.msgpack` and
+the training checkpoints `checkpoint/state-*`. `resume=RUN_DIR` continues a run in its directory.
+
+Exit status: 0 done, 1 an A3C worker failed, 2 invalid configuration, 3 training diverged
+(non-finite loss, gradient or parameters), 130 interrupted (SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,12 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from jaxac import a2c, a3c
 from jaxac.analysis import plot_learning_curve, read_metrics
-from jaxac.checkpoint import network_from_config, save_policy
-from jaxac.config import CONF_DIR, ConfigError, register_configs, validate
+from jaxac.checkpoint import Checkpointer, find_checkpoint, network_from_config, save_policy
+from jaxac.config import CONF_DIR, ConfigError, register_configs, resume_config, validate
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
 from jaxac.results import TrainResult
-from jaxac.metrics import MetricsWriter, Progress, environment_info, write_json
+from jaxac.metrics import (MetricsWriter, Progress, environment_info, peak_memory_mb,
+                           truncate_metrics, write_json)
 from jaxac.signals import StopRequest
 
 log = logging.getLogger("jaxac")
@@ -33,17 +39,32 @@ TRAINERS = {"a2c": a2c.train, "a3c": a3c.train}
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_WORKER_FAILED = 1
+EXIT_DIVERGED = 3
 
 
-def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def execute(cfg: DictConfig, run_dir: str | Path | None,
+            overrides: list[str] = ()) -> dict[str, Any]:
     """Train, evaluate and record one run into `run_dir`; returns the summary it wrote.
 
+    With `cfg.resume` set, continues that run in its own directory (`run_dir` is ignored) from its
+    newest intact checkpoint, with its saved config and the allowed `overrides` (command-line
+    strings such as "total_steps=1000000").
     Raises ConfigError (before anything is compiled or written) on an invalid configuration.
     """
+    checkpoint = None
+    if cfg.get("resume"):
+        cfg = resume_config(cfg.resume, overrides)
+        run_dir = cfg.resume
+        checkpoint = find_checkpoint(run_dir)
     validate(cfg, len(jax.devices()))
     run_dir = Path(run_dir)
     saved_config = run_dir / ".hydra" / "config.yaml"
-    if not saved_config.exists():  # Hydra writes it for CLI runs; keep API runs loadable too
+    if checkpoint is not None:
+        OmegaConf.save(cfg, saved_config)  # the changed keys, e.g. a longer total_steps
+        aside = truncate_metrics(run_dir, int(checkpoint.meta["metrics_lines"]))
+        log.info(f"resuming {run_dir} from its checkpoint at env step {checkpoint.env_steps:,}"
+                 + (f"; metric lines logged after it were moved to {aside.name}" if aside else ""))
+    elif not saved_config.exists():  # Hydra writes it for CLI runs; keep API runs loadable too
         saved_config.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, saved_config)
     spec = make_env(cfg.env.name)
@@ -56,35 +77,44 @@ def execute(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
              f"{cfg.rollout_length} steps per update, {cfg.total_steps:,} env steps per seed, "
              f"{len(devices)} device(s); writing to {run_dir}")
 
+    checkpointer = Checkpointer(run_dir, int(cfg.checkpoint_every), int(cfg.checkpoint_keep),
+                                resume_from=checkpoint)
     with MetricsWriter(run_dir) as writer, StopRequest() as stop:
-        result = TRAINERS[cfg.algo.name](cfg, spec, network, devices, writer, progress, stop)
+        result = TRAINERS[cfg.algo.name](cfg, spec, network, devices, writer, progress, stop,
+                                         checkpointer)
     if result.interrupted:
-        log.warning(f"stopping on {stop.signal_name}: writing the checkpoint, evaluation and "
-                    "summary of what was trained so far")
-    save_policy(run_dir, result.params, result.obs_stats)
+        log.warning(f"stopping on {stop.signal_name}: checkpoint written at env step "
+                    f"{result.env_steps:,}; writing the evaluation and summary of what was "
+                    f"trained so far. Continue with: python -m jaxac.run resume={run_dir}")
+    if result.diverged is not None:
+        log.error(result.diverged.message())
+    else:  # a diverged policy is not worth saving or evaluating
+        save_policy(run_dir, result.params, result.obs_stats)
 
     eval_returns = np.zeros((int(cfg.seeds), 0))
-    if cfg.eval_episodes > 0:
+    if cfg.eval_episodes > 0 and result.diverged is None:
         eval_returns = evaluate_seeds(spec, network.apply, result.params, result.obs_stats,
                                       jax.random.PRNGKey(int(cfg.seed) + 1_000_003),
                                       int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
-    summary = build_summary(cfg, result, eval_returns, threshold)
+    summary = build_summary(cfg, result, eval_returns, threshold,
+                            checkpoint.env_steps if checkpoint else None)
     write_json(run_dir / "summary.json", summary)
     metrics = read_metrics(run_dir)
     if len(metrics):
         plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}", threshold,
                             run_dir / "learning_curve.png")
-    ev = summary["final_eval"]
-    log.info(f"done: {result.env_steps:,} env steps per seed in {result.train_seconds:.1f} s "
+    ev, rate = summary["final_eval"], summary["steps_per_second_median"]
+    outcome = "diverged" if result.diverged else "interrupted" if result.interrupted else "done"
+    log.info(f"{outcome}: {result.env_steps:,} env steps per seed in {result.train_seconds:.1f} s "
              f"(compile {result.compile_seconds:.1f} s, median "
-             f"{summary['steps_per_second_median']:,.0f} steps/s); greedy eval return "
+             f"{'n/a' if rate is None else f'{rate:,.0f}'} steps/s); greedy eval return "
              f"{_fmt(ev['return_mean'])}; solved: "
              f"{summary['solved']['all_seeds'] if threshold is not None else 'n/a (no threshold)'}")
     return summary
 
 
 def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray,
-                  threshold: float | None) -> dict[str, Any]:
+                  threshold: float | None, resumed_from: int | None = None) -> dict[str, Any]:
     """The contents of summary.json."""
     eval_means = [float(r.mean()) if r.size else None for r in eval_returns]
     per_seed_solved = [
@@ -98,11 +128,15 @@ def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray
         "workers": int(cfg.workers),
         "rollout_length": int(cfg.rollout_length),
         "interrupted": result.interrupted,
+        "diverged": None if result.diverged is None else {
+            **result.diverged.as_dict(), "message": result.diverged.message()},
+        "resumed_from_env_steps": resumed_from,
         "env_steps": result.env_steps,
         "wall_seconds": result.train_seconds,
         "compile_seconds": result.compile_seconds,
         "steps_per_second_median": float(np.median(result.steps_per_second))
         if result.steps_per_second else None,
+        "peak_memory_mb": peak_memory_mb(),
         "final_eval": {
             "episodes": int(cfg.eval_episodes),
             "policy": "greedy",
@@ -135,18 +169,24 @@ register_configs()
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
     try:
-        summary = execute(cfg, run_dir)
+        summary = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
     except ConfigError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         log.error(f"configuration error: {error}")
         sys.exit(EXIT_CONFIG_ERROR)
     except a3c.WorkerFailed as failure:
         log.error(f"{failure}\nThe other workers were stopped; metrics up to the failure are in "
                   f"{run_dir}/metrics.jsonl")
         sys.exit(EXIT_WORKER_FAILED)
+    if summary["diverged"] is not None:
+        sys.exit(EXIT_DIVERGED)
     if summary["interrupted"]:
-        log.warning(f"interrupted: metrics, summary and checkpoint written to {run_dir}")
+        log.warning(f"interrupted: metrics, summary and checkpoint written to "
+                    f"{cfg.get('resume') or run_dir}")
         sys.exit(EXIT_INTERRUPTED)
     return summary["final_eval"]["return_mean"]
 

@@ -110,3 +110,26 @@ class TimeLimitOnly(_Probe):
     def step_env(self, key, state, action, params):
         s = self._state(0.0, state.time + 1)
         return s.obs, s, jnp.float32(1.0), jnp.bool_(False), {}
+
+
+@struct.dataclass
+class LongParams(environment.EnvParams):
+    max_steps_in_episode: int = 1_000_000
+
+
+class NaNRewardAfter(_Probe):
+    """Reward 1 per step until each environment's step `nan_from`, then NaN: training diverges at
+    a known update (episodes never end, so `time` counts every step of the environment)."""
+
+    def __init__(self, nan_from: int):
+        super().__init__()
+        self.nan_from = nan_from
+
+    @property
+    def default_params(self) -> LongParams:
+        return LongParams()
+
+    def step_env(self, key, state, action, params):
+        s = self._state(0.0, state.time + 1)
+        reward = jnp.where(s.time >= self.nan_from, jnp.nan, 1.0).astype(jnp.float32)
+        return s.obs, s, reward, jnp.bool_(False), {}

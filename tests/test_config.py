@@ -26,6 +26,9 @@ BAD = [
     (["algo=a3c", "seeds=2"], "seeds", "2"),
     (["algo=a3c", "algo.entropy_coef={log_uniform:[0.1,0.01]}"], "algo.entropy_coef", "0.1"),
     (["algo=a3c", "algo.entropy_coef=-0.5"], "algo.entropy_coef", "-0.5"),
+    (["network.log_std_init=-0.5"], "network.log_std_init", "discrete"),  # CartPole: discrete
+    (["checkpoint_every=-1"], "checkpoint_every", "-1"),
+    (["checkpoint_keep=0"], "checkpoint_keep", "0"),
 ]
 
 
@@ -37,6 +40,46 @@ def test_bad_values_name_the_key(overrides, key, mentioned):
     message = str(info.value)
     assert info.value.key == key
     assert message.startswith(f"{key}=") and mentioned in message
+
+
+def test_continuous_only_option_is_fine_on_a_continuous_env():
+    validate(compose_config(["env=pendulum", "network.log_std_init=-0.5"]), available_devices=1)
+
+
+def test_unknown_algo_names_the_group_option():
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException, match="algo/ppo"):
+        compose_config(["algo=ppo"])
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-run", "no-checkpoint"])
+def test_bad_resume_path_names_the_key_before_anything_runs(tmp_path, case):
+    from jaxac.run import execute
+
+    run_dir = tmp_path / "run"
+    if case != "missing":
+        run_dir.mkdir()
+    if case == "no-checkpoint":  # a run directory whose checkpoint was never written
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
+        (run_dir / "metrics.jsonl").write_text('{"env_steps": 10}\n')
+    with pytest.raises(ConfigError) as info:
+        execute(compose_config([f"resume={run_dir}"]), None)
+    assert info.value.key == "resume" and str(run_dir) in str(info.value)
+    if case == "no-checkpoint":  # nothing already written was touched
+        assert (run_dir / "metrics.jsonl").read_text() == '{"env_steps": 10}\n'
+        assert (run_dir / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
+
+
+def test_resume_refuses_to_change_what_the_run_learns(tmp_path):
+    from jaxac.run import execute
+
+    execute(compose_config(["total_steps=4000", "log_interval=2000", "eval_episodes=0"]),
+            tmp_path)
+    with pytest.raises(ConfigError) as info:
+        execute(compose_config([f"resume={tmp_path}"]), None, ["algo.lr=0.1"])
+    assert info.value.key == "algo.lr" and "total_steps" in str(info.value)
 
 
 def test_workers_must_split_evenly_over_devices():
@@ -59,6 +102,14 @@ def test_cli_reports_bad_value_without_traceback(tmp_path):
     text = out.stdout + out.stderr
     assert "workers=0 is not allowed" in text and "Traceback" not in text
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_cli_shows_the_traceback_when_asked(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxac.run", "workers=0", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0
+    assert "Traceback" in out.stderr and "workers=0 is not allowed" in out.stderr
 
 
 def test_cli_reports_unknown_key(tmp_path):
