@@ -1,17 +1,40 @@
-"""Loading run directories into pandas, and plots of learning curves."""
+"""Loading run and sweep directories into pandas.
+
+A *run directory* is one `python -m jaxac.run` (or one job of a `-m` sweep): it holds
+`.hydra/config.yaml`, `metrics.jsonl` and, once finished, `summary.json` (or `failure.json`).
+A *sweep directory* holds one run directory per job. `load_results(paths)` takes any mix of them:
+
+    results = load_results("multirun/2026-11-21/15-02-11")
+    results.metrics   # tidy: one row per logged point per seed, with the config columns
+    results.runs      # one row per run: config columns, status and summary figures
+
+Config columns: `algo`, `env`, `workers`, `rollout_length`, `seed`, `total_steps`, plus every key
+that any of the loaded runs overrode on the command line or swept (dotted, e.g. `algo.lr`), plus
+`job_dir`. Runs that are still going, were killed or failed load too: a partial last line in
+`metrics.jsonl` is skipped, and `status` says what became of each run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
+
+from jaxac.metrics import METRICS_FILE
+
+BASE_COLUMNS = ("algo", "env", "workers", "rollout_length", "seed", "total_steps")
+STATUSES = ("completed", "interrupted", "diverged", "failed", "running or killed")
 
 
 def read_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
     """All records of a run's `metrics.jsonl`; a partial last line (a killed run) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_FILE
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     records = []
     for i, line in enumerate(lines):
@@ -23,29 +46,146 @@ def read_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def plot_learning_curve(metrics: pd.DataFrame, title: str = "", threshold: float | None = None,
-                        path: str | os.PathLike | None = None):
-    """Episode return against environment steps, one line per seed; saved to `path` if given."""
-    import matplotlib
+def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Every run directory at or below `paths` (run directories, sweep directories, or parents
+    of either), sorted. Raises FileNotFoundError for a path that does not exist or holds none."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        # `.hydra/config.yaml` marks a run; `.hydra/resumed-*/config.yaml` (a resume's) does not
+        runs = [p.parent.parent for p in path.rglob("config.yaml") if p.parent.name == ".hydra"]
+        if not runs:
+            raise FileNotFoundError(f"{path} holds no jaxac run directory (none with "
+                                    ".hydra/config.yaml below it)")
+        found.extend(runs)
+    return sorted(set(found))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for i, (seed, group) in enumerate(metrics.groupby("seed_index")):
-        color = f"C{i % 10}"  # one colour per seed: faint interval mean, bold last-100 mean
-        ax.plot(group["env_steps"], group["episode_return_mean"], color=color, alpha=0.3, lw=1,
-                label=f"seed {seed}: interval mean")
-        ax.plot(group["env_steps"], group["return_last100"], color=color, lw=2,
-                label=f"seed {seed}: last 100 episodes")
-    if threshold is not None:
-        ax.axhline(threshold, color="k", ls="--", lw=1, label=f"solved ({threshold:g})")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-    return fig
+@dataclass
+class Results:
+    """What `load_results` returns."""
+
+    metrics: pd.DataFrame  # one row per log point per seed
+    runs: pd.DataFrame  # one row per run
+    config_columns: list[str]  # the config columns both frames carry (job_dir last)
+    swept_columns: list[str]  # the config columns whose value differs between runs
+
+
+def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Results:
+    """Load every run at or below `paths` into a tidy metrics frame and a per-run frame."""
+    run_dirs = find_run_dirs(paths)
+    configs = [_run_config(d) for d in run_dirs]
+    overridden = sorted({k for _, keys in configs for k in keys} - set(BASE_COLUMNS))
+    columns = list(BASE_COLUMNS) + overridden
+    metric_frames, run_rows = [], []
+    for run_dir, (flat, _) in zip(run_dirs, configs):
+        config = {c: flat.get(c) for c in columns} | {"job_dir": str(run_dir)}
+        metrics = read_metrics(run_dir)
+        if len(metrics):
+            metric_frames.append(metrics.assign(**config))
+        run_rows.append({**config, **_run_record(run_dir, metrics)})
+    config_columns = columns + ["job_dir"]
+    runs = pd.DataFrame.from_records(run_rows)
+    metrics = (pd.concat(metric_frames, ignore_index=True) if metric_frames
+               else pd.DataFrame(columns=config_columns))
+    swept = [c for c in columns if runs[c].astype(str).nunique() > 1]
+    return Results(metrics, runs, config_columns, swept)
+
+
+def _run_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """(flattened config with `algo` and `env` as names, keys overridden for this run)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"),
+                                 resolve=False)
+    flat = _flatten(cfg)
+    flat["algo"] = cfg.get("algo", {}).get("name")
+    flat["env"] = cfg.get("env", {}).get("name")
+    keys = []
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if overrides_file.exists():
+        for override in OmegaConf.load(overrides_file):
+            key, _, value = str(override).lstrip("+~").partition("=")
+            if key.startswith("hydra") or key in ("resume",):
+                continue
+            keys.append(key)
+            if key not in flat:  # a config group such as `experiment`: keep its choice
+                flat[key] = value
+    return flat, keys
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tuple(tree) if isinstance(tree, list) else tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) else
+                             f"{prefix}{key}"))
+    return {k.rstrip("."): v for k, v in flat.items()}
+
+
+def _run_record(run_dir: Path, metrics: pd.DataFrame) -> dict[str, Any]:
+    """Status and headline figures of one run, from its summary (or failure, or metrics)."""
+    summary_path, failure_path = run_dir / "summary.json", run_dir / "failure.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    failure = json.loads(failure_path.read_text()) if failure_path.exists() else None
+    last = metrics.groupby("seed_index").tail(1) if len(metrics) else None
+    record: dict[str, Any] = {
+        "status": _status(summary, failure),
+        "error": failure["message"] if failure else None,
+        "env_steps": int(metrics["env_steps"].max()) if len(metrics) else 0,
+        "return_last100": _mean(last["return_last100"]) if last is not None else np.nan,
+    }
+    if summary is None:
+        return record
+    solved = summary["solved"]
+    seeds_steps = [np.nan if s is None else s for s in solved["env_steps"]]
+    seeds_wall = [np.nan if s is None else s for s in solved["wall_seconds"]]
+    record.update({
+        "env_steps": summary["env_steps"],
+        "final_return": _none_to_nan(summary["final_eval"]["return_mean"]),
+        "solved": bool(solved["all_seeds"]),
+        # Time to threshold: when the last-100 training mean first reached the threshold; for a
+        # run of several seeds, when all of them had (NaN if any never did).
+        "threshold_env_steps": float(np.max(seeds_steps)) if seeds_steps else np.nan,
+        "threshold_wall_seconds": float(np.max(seeds_wall)) if seeds_wall else np.nan,
+        "steps_per_second": _none_to_nan(summary["steps_per_second_median"]),
+        "wall_seconds": summary["wall_seconds"],
+        "compile_seconds": summary["compile_seconds"],
+        "peak_memory_mb": summary.get("peak_memory_mb"),
+    })
+    a3c = summary.get("a3c")
+    if a3c:
+        record.update({"staleness_mean": a3c["staleness_mean"],
+                       "interleaved_updates": a3c["interleaved_updates"],
+                       "updates_applied": a3c["updates_applied"]})
+        if len(metrics) and "updates_per_second" in metrics:
+            record["updates_per_second"] = float(metrics["updates_per_second"].median())
+    return record
+
+
+def _status(summary: dict | None, failure: dict | None) -> str:
+    if failure is not None and (summary is None or failure.get("kind") != "diverged"):
+        return "failed"
+    if summary is None:
+        return "running or killed"
+    if summary.get("diverged"):
+        return "diverged"
+    return "interrupted" if summary["interrupted"] else "completed"
+
+
+def _mean(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.mean()) if len(values) else np.nan
+
+
+def _none_to_nan(value: Any) -> float:
+    return np.nan if value is None else float(value)
+
+
+def seed_table(runs: pd.DataFrame, values: Iterable[str], by: Iterable[str]) -> pd.DataFrame:
+    """Mean, standard deviation and count over seeds of `values`, per combination of `by`."""
+    values, by = list(values), list(by)
+    table = runs.groupby(by, dropna=False)[values].agg(["mean", "std", "count"])
+    return table.round(3)

@@ -5,7 +5,9 @@ directory: `metrics.jsonl`, `summary.json`, `learning_curve.png`, `checkpoint/po
 the training checkpoints `checkpoint/state-*`. `resume=RUN_DIR` continues a run in its directory.
 
 Exit status: 0 done, 1 an A3C worker failed, 2 invalid configuration, 3 training diverged
-(non-finite loss, gradient or parameters), 130 interrupted (SIGINT/SIGTERM).
+(non-finite loss, gradient or parameters), 130 interrupted (SIGINT/SIGTERM). A failed run writes
+`failure.json`. In a sweep (`-m`) a failed job is recorded as failed, the other jobs still run,
+and the sweep exits with status 1.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from typing import Any
 
 import hydra
 import jax
+import matplotlib.pyplot as plt
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from jaxac import a2c, a3c
-from jaxac.analysis import plot_learning_curve, read_metrics
+from jaxac.analysis import read_metrics
+from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import Checkpointer, find_checkpoint, network_from_config, save_policy
 from jaxac.config import CONF_DIR, ConfigError, register_configs, resume_config, validate
 from jaxac.envs import make_env, solve_threshold
@@ -101,8 +106,9 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
     write_json(run_dir / "summary.json", summary)
     metrics = read_metrics(run_dir)
     if len(metrics):
-        plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}", threshold,
-                            run_dir / "learning_curve.png")
+        figure = plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}", threshold,
+                                     run_dir / "learning_curve.png")
+        plt.close(figure)  # release it: a sweep runs many jobs in one process
     ev, rate = summary["final_eval"], summary["steps_per_second_median"]
     outcome = "diverged" if result.diverged else "interrupted" if result.interrupted else "done"
     log.info(f"{outcome}: {result.env_steps:,} env steps per seed in {result.train_seconds:.1f} s "
@@ -167,26 +173,54 @@ def _fmt(value: float | None) -> str:
 register_configs()
 
 
+class JobFailed(RuntimeError):
+    """Raised by a failed job of a sweep (`-m`): Hydra records the job as failed, runs the other
+    jobs, then exits non-zero naming the first failed job's overrides."""
+
+
+FAILURE_FILE = "failure.json"
+
+
+def record_failure(run_dir: str | Path, kind: str, message: str, **details: Any) -> None:
+    """Write `failure.json` into a run directory: what failed, in words and fields."""
+    write_json(Path(run_dir) / FAILURE_FILE, {"status": "failed", "kind": kind,
+                                              "message": message, **details})
+
+
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+
+    def fail(exit_code: int, kind: str, message: str, **details: Any):
+        log.error(message)
+        if not cfg.get("resume"):  # a failed resume leaves the resumed run's files as they were
+            record_failure(run_dir, kind, message, exit_code=exit_code, **details)
+        if in_sweep:
+            raise JobFailed(f"{message}\n(job directory: {run_dir}; failure recorded in "
+                            f"{FAILURE_FILE})") from None
+        sys.exit(exit_code)
+
     try:
         summary = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
     except ConfigError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error(f"configuration error: {error}")
-        sys.exit(EXIT_CONFIG_ERROR)
+        return fail(EXIT_CONFIG_ERROR, "config_error", f"configuration error: {error}",
+                    key=error.key, value=str(error.value))
     except a3c.WorkerFailed as failure:
-        log.error(f"{failure}\nThe other workers were stopped; metrics up to the failure are in "
-                  f"{run_dir}/metrics.jsonl")
-        sys.exit(EXIT_WORKER_FAILED)
+        return fail(EXIT_WORKER_FAILED, "worker_failed",
+                    f"{failure}\nThe other workers were stopped; metrics up to the failure are "
+                    f"in {run_dir}/metrics.jsonl", worker=failure.worker)
     if summary["diverged"] is not None:
-        sys.exit(EXIT_DIVERGED)
+        return fail(EXIT_DIVERGED, "diverged", summary["diverged"]["message"],
+                    **{k: v for k, v in summary["diverged"].items() if k != "message"})
     if summary["interrupted"]:
         log.warning(f"interrupted: metrics, summary and checkpoint written to "
                     f"{cfg.get('resume') or run_dir}")
+        if in_sweep:
+            raise KeyboardInterrupt  # stop the whole sweep, not just this job
         sys.exit(EXIT_INTERRUPTED)
     return summary["final_eval"]["return_mean"]
 

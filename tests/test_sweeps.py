@@ -1,0 +1,165 @@
+"""Sweeps: the preset study, launchers, failing jobs, loading results and the analysis notebook."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from jaxac import plots
+from jaxac.analysis import find_run_dirs, load_results, read_metrics, seed_table
+
+matplotlib.use("Agg")
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "experiments" / "analysis.ipynb"
+
+
+def sweep(*overrides, timeout=600):
+    return subprocess.run([sys.executable, "-m", "jaxac.run", "-m", *overrides],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def preset_sweep(tmp_path_factory):
+    """The preset study at a tiny budget, on the joblib launcher, with one invalid worker count
+    (workers=0) so that some combinations fail."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    out = sweep("+experiment=workers_rollout", "total_steps=3000", "log_interval=1000",
+                "eval_episodes=3", "workers=0,2", "seed=0", "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}")
+    return sweep_dir, out
+
+
+def test_preset_sweep_runs_every_combination_and_survives_failures(preset_sweep):
+    sweep_dir, out = preset_sweep
+    assert out.returncode == 1, out.stderr[-3000:]  # something failed, and the exit status says so
+    assert "workers=0 is not allowed" in out.stderr
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(jobs) == 2 * 2 * 2  # algo x workers x rollout_length (seed fixed)
+    for job in jobs:  # directories are named by the swept values
+        assert "algo=" in job and "workers=" in job and "rollout_length=" in job
+        job_dir = sweep_dir / job
+        if "workers=0" in job:
+            failure = json.loads((job_dir / "failure.json").read_text())
+            assert failure["kind"] == "config_error" and failure["key"] == "workers"
+            assert not (job_dir / "metrics.jsonl").exists()
+        else:
+            summary = json.loads((job_dir / "summary.json").read_text())
+            assert summary["env_steps"] > 0 and summary["config"]["total_steps"] == 3000
+
+
+def test_results_load_into_tidy_frames(preset_sweep):
+    sweep_dir, _ = preset_sweep
+    results = load_results(sweep_dir)
+    runs, metrics = results.runs, results.metrics
+    assert len(runs) == 8
+    for column in ["algo", "workers", "rollout_length", "seed", "job_dir", "total_steps",
+                   "experiment", "log_interval", "eval_episodes"]:
+        assert column in runs and column in metrics
+    assert set(results.swept_columns) == {"algo", "workers", "rollout_length"}
+    assert sorted(runs["status"].value_counts().items()) == [("completed", 4), ("failed", 4)]
+    assert set(metrics["workers"]) == {2} and set(metrics["algo"]) == {"a2c", "a3c"}
+    assert set(metrics["rollout_length"]) == {5, 20}
+    # every logged point of every completed run, each tagged with its own job's config
+    for _, run in runs[runs.status == "completed"].iterrows():
+        own = metrics[metrics.job_dir == run.job_dir]
+        assert len(own) == len(read_metrics(run.job_dir)) > 0
+        assert (own["algo"] == run.algo).all() and (own["rollout_length"] == run.rollout_length).all()
+    a3c = runs[(runs.algo == "a3c") & (runs.status == "completed")]
+    assert a3c["staleness_mean"].notna().all()
+    table = seed_table(runs, ["final_return"], ["algo", "workers", "rollout_length"])
+    assert len(table) == 8
+
+
+def test_plots_draw_and_save(preset_sweep, tmp_path):
+    results = load_results(preset_sweep[0])
+    runs = results.runs
+    figures = {
+        "curves": plots.plot_learning_curves(results.metrics, by=["algo", "rollout_length"],
+                                             threshold=475, path=tmp_path / "curves.png"),
+        "final": plots.plot_final_return_vs_workers(runs, path=tmp_path / "final.png"),
+        "throughput": plots.plot_throughput_vs_workers(runs, path=tmp_path / "throughput.png"),
+        "staleness": plots.plot_staleness_vs_workers(runs, path=tmp_path / "staleness.png"),
+        "heatmap": plots.plot_heatmaps(runs, "final_return", path=tmp_path / "heatmap.png"),
+    }
+    for name, fig in figures.items():
+        assert (tmp_path / f"{name}.png").stat().st_size > 5000
+    assert len(figures["curves"].axes) == 2  # against env steps and against wall time
+    assert [ax.get_title() for ax in figures["final"].axes] == ["algo=a2c", "algo=a3c"]
+    assert len(figures["curves"].axes[0].get_lines()) >= 4  # 4 groups (+ threshold)
+
+
+def test_mean_and_band_only_where_every_curve_is():
+    import numpy as np
+
+    grid, mean, low, high = plots.mean_and_band(
+        [(np.array([0.0, 10.0]), np.array([0.0, 10.0])),
+         (np.array([5.0, 10.0]), np.array([7.0, 12.0]))], points=3)
+    np.testing.assert_allclose(grid, [0, 5, 10])
+    assert np.isnan(mean[0])  # only one curve covers x=0
+    np.testing.assert_allclose(mean[1:], [6.0, 11.0])
+    np.testing.assert_allclose(high[1:] - mean[1:], 1.96 * np.std([5, 7], ddof=1) / np.sqrt(2))
+
+
+def test_notebook_runs_end_to_end_on_the_sweep(preset_sweep):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in notebook.cells:  # committed with outputs cleared
+        assert cell.cell_type != "code" or (not cell.outputs and cell.execution_count is None)
+    first_code = next(c for c in notebook.cells if c.cell_type == "code")
+    assert "SWEEP_DIR =" in first_code.source
+    first_code.source = f"SWEEP_DIR = {str(preset_sweep[0])!r}\nTHRESHOLD = 475.0"
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 7  # curves x2, heatmaps x2, final return, throughput, staleness
+    assert "8 runs" in "".join(o.get("text", "") for o in outputs)
+
+
+def test_basic_launcher_runs_the_jobs_after_a_failed_one(tmp_path):
+    out = sweep("workers=0,2", "total_steps=2000", "eval_episodes=0", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 1
+    [failed] = tmp_path.glob("*workers=0")
+    [completed] = tmp_path.glob("*workers=2")
+    assert json.loads((failed / "failure.json").read_text())["key"] == "workers"
+    assert json.loads((completed / "summary.json").read_text())["env_steps"] == 2000
+
+
+def test_slurm_launcher_job_script_requests_the_configured_resources(tmp_path):
+    script = tmp_path / "sbatch.sh"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "slurm_dry_run.py"), str(script), "-m",
+         "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.mem_gb=48",
+         "workers=1,2,4", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = set(script.read_text().splitlines())
+    for expected in ["#SBATCH --array=0-2%3",  # 3 jobs, at most array_parallelism at once
+                     "#SBATCH --cpus-per-task=8", "#SBATCH --gpus-per-node=1",
+                     "#SBATCH --mem=48GB", "#SBATCH --time=120", "#SBATCH --nodes=1",
+                     "#SBATCH --ntasks-per-node=1", "#SBATCH --partition=debug",
+                     "#SBATCH --job-name=jaxac_run", "#SBATCH --signal=USR2@120"]:
+        assert expected in lines, expected
+
+
+def test_find_run_dirs_refuses_a_path_without_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no jaxac run"):
+        find_run_dirs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_run_dirs(tmp_path / "nope")
+
+
+def test_read_metrics_tolerates_only_a_partial_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"env_steps": 1}\n{"env_steps": 2}\n{"env_st')
+    assert list(read_metrics(tmp_path)["env_steps"]) == [1, 2]
+    path.write_text('{"env_steps": 1}\n{"env_st\n{"env_steps": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_metrics(tmp_path)
