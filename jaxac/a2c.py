@@ -147,7 +147,10 @@ class A2CTrainer:
         # batched QR, whose CPU LAPACK kernel can deadlock its own thread pool on small machines.
         init = jax.jit(init_one)
         agents = [init(key) for key in seed_keys(seed, s.seeds)]
-        state = jax.tree.map(lambda *xs: jnp.stack(xs), *agents)
+        return self.place(jax.tree.map(lambda *xs: jnp.stack(xs), *agents))
+
+    def place(self, state: TrainState) -> TrainState:
+        """Put a (host or device) state onto the mesh: environments split, the rest replicated."""
         return jax.device_put(state, self._shardings(state))
 
     def _specs(self, state: TrainState) -> TrainState:
@@ -323,8 +326,7 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
     host = {"updates_done": 0, "wall_seconds": 0.0, "rates": [],
             "solved_env_steps": [None] * seeds, "solved_wall_seconds": [None] * seeds}
     if checkpointer.resume_from is not None:
-        restored = load_checkpoint(checkpointer.resume_from, jax.device_get(state))
-        state = jax.device_put(restored, trainer._shardings(restored))
+        state = trainer.place(load_checkpoint(checkpointer.resume_from, jax.device_get(state)))
         host.update({k: checkpointer.resume_from.meta[k] for k in host})
     # Wall time continues from the checkpoint's, so a resumed run's times line up with before.
     start = time.perf_counter() - host["wall_seconds"]

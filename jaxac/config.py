@@ -88,6 +88,9 @@ class Config:
     checkpoint_every: int = 100_000  # env steps between training checkpoints; 0: only the last
     checkpoint_keep: int = 2  # newest training checkpoints kept on disk
     resume: Optional[str] = None  # a run directory to continue in place
+    # JAX's persistent compilation cache: a repeated run loads its compiled programs instead of
+    # compiling again. null turns it off.
+    compilation_cache_dir: Optional[str] = "~/.cache/jaxac/jax"
 
 
 def register_configs() -> None:

@@ -42,9 +42,9 @@ def mean_and_band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 100
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Interpolate several (x, y) curves onto one grid; returns (grid, mean, 95% band low, high).
 
-    Each curve counts only inside its own x range, and the mean is drawn only where every curve
-    covers the grid point (curves starting at different wall times would otherwise make it
-    jump). The band is mean +- 1.96 standard errors (none for a single curve).
+    A curve that has ended keeps its last value (a finished run keeps its result); the mean is
+    drawn from the first grid point where every curve has started, so it never jumps as curves
+    join. The band is mean +- 1.96 standard errors (none for a single curve).
     """
     curves = [(x, y) for x, y in curves if len(x)]
     grid = np.linspace(min(x.min() for x, _ in curves), max(x.max() for x, _ in curves), points)
@@ -53,11 +53,11 @@ def mean_and_band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 100
         order = np.argsort(x)
         x, y = x[order], y[order]
         ok = ~np.isnan(y)
-        if ok.sum() >= 1:
-            inside = (grid >= x[ok][0]) & (grid <= x[ok][-1])
-            stack[i, inside] = np.interp(grid[inside], x[ok], y[ok])
+        if ok.any():
+            started = grid >= x[ok][0]
+            stack[i, started] = np.interp(grid[started], x[ok], y[ok])  # holds the last value
     count = (~np.isnan(stack)).sum(axis=0)
-    with np.errstate(invalid="ignore"), _quiet():
+    with _quiet():
         mean = np.nanmean(stack, axis=0)
         sem = np.nanstd(stack, axis=0, ddof=1) / np.sqrt(count)
     mean = np.where(count == len(curves), mean, np.nan)

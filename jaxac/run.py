@@ -62,6 +62,7 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
         run_dir = cfg.resume
         checkpoint = find_checkpoint(run_dir)
     validate(cfg, len(jax.devices()))
+    use_compilation_cache(cfg.compilation_cache_dir)
     run_dir = Path(run_dir)
     saved_config = run_dir / ".hydra" / "config.yaml"
     if checkpoint is not None:
@@ -117,6 +118,19 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
              f"{_fmt(ev['return_mean'])}; solved: "
              f"{summary['solved']['all_seeds'] if threshold is not None else 'n/a (no threshold)'}")
     return summary
+
+
+def use_compilation_cache(directory: str | None) -> None:
+    """Turn JAX's persistent compilation cache on in `directory` (off for None)."""
+    if directory is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    path = Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # Cache every program that took measurable time to compile, not only those over 1 s.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray,

@@ -92,16 +92,16 @@ def test_plots_draw_and_save(preset_sweep, tmp_path):
     assert len(figures["curves"].axes[0].get_lines()) >= 4  # 4 groups (+ threshold)
 
 
-def test_mean_and_band_only_where_every_curve_is():
+def test_mean_and_band_start_when_every_curve_has_and_hold_finished_ones():
     import numpy as np
 
     grid, mean, low, high = plots.mean_and_band(
         [(np.array([0.0, 10.0]), np.array([0.0, 10.0])),
-         (np.array([5.0, 10.0]), np.array([7.0, 12.0]))], points=3)
-    np.testing.assert_allclose(grid, [0, 5, 10])
-    assert np.isnan(mean[0])  # only one curve covers x=0
-    np.testing.assert_allclose(mean[1:], [6.0, 11.0])
-    np.testing.assert_allclose(high[1:] - mean[1:], 1.96 * np.std([5, 7], ddof=1) / np.sqrt(2))
+         (np.array([5.0, 7.5]), np.array([7.0, 9.0]))], points=5)
+    np.testing.assert_allclose(grid, [0, 2.5, 5, 7.5, 10])
+    assert np.isnan(mean[:2]).all()  # the second curve has not started yet
+    np.testing.assert_allclose(mean[2:], [6.0, 8.25, 9.5])  # it holds 9.0 after it ends
+    np.testing.assert_allclose(high[2] - mean[2], 1.96 * np.std([5, 7], ddof=1) / np.sqrt(2))
 
 
 def test_notebook_runs_end_to_end_on_the_sweep(preset_sweep):
