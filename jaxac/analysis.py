@@ -64,6 +64,15 @@ def find_run_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     return sorted(set(found))
 
 
+def latest_sweep(directory: str | os.PathLike = "multirun") -> Path:
+    """The most recently started sweep (a folder with Hydra's `multirun.yaml`) below `directory`."""
+    sweeps = [p.parent for p in Path(directory).rglob("multirun.yaml")]
+    if not sweeps:
+        raise FileNotFoundError(f"no sweep (multirun.yaml) below {directory}; run one with "
+                                "python -m jaxac.run -m ...")
+    return max(sweeps, key=lambda p: (p / "multirun.yaml").stat().st_mtime)
+
+
 @dataclass
 class Results:
     """What `load_results` returns."""

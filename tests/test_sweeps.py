@@ -9,7 +9,7 @@ import matplotlib
 import pytest
 
 from jaxac import plots
-from jaxac.analysis import find_run_dirs, load_results, read_metrics, seed_table
+from jaxac.analysis import find_run_dirs, latest_sweep, load_results, read_metrics, seed_table
 
 matplotlib.use("Agg")
 
@@ -113,14 +113,15 @@ def test_notebook_runs_end_to_end_on_the_sweep(preset_sweep):
         assert cell.cell_type != "code" or (not cell.outputs and cell.execution_count is None)
     first_code = next(c for c in notebook.cells if c.cell_type == "code")
     assert "SWEEP_DIR =" in first_code.source
-    first_code.source = f"SWEEP_DIR = {str(preset_sweep[0])!r}\nTHRESHOLD = 475.0"
+    first_code.source = first_code.source.replace("SWEEP_DIR = None",
+                                                  f"SWEEP_DIR = {str(preset_sweep[0])!r}")
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 7  # curves x2, heatmaps x2, final return, throughput, staleness
-    assert "8 runs" in "".join(o.get("text", "") for o in outputs)
+    assert ": 8 runs" in "".join(o.get("text", "") for o in outputs)
 
 
 def test_basic_launcher_runs_the_jobs_after_a_failed_one(tmp_path):
@@ -147,6 +148,18 @@ def test_slurm_launcher_job_script_requests_the_configured_resources(tmp_path):
                      "#SBATCH --ntasks-per-node=1", "#SBATCH --partition=debug",
                      "#SBATCH --job-name=jaxac_run", "#SBATCH --signal=USR2@120"]:
         assert expected in lines, expected
+
+
+def test_latest_sweep_is_the_newest_one(tmp_path):
+    import os
+
+    for i, name in enumerate(["2026-11-20/10-00-00", "2026-11-21/09-00-00"]):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "multirun.yaml").write_text("{}")
+        os.utime(tmp_path / name / "multirun.yaml", (1000 + i, 1000 + i))
+    assert latest_sweep(tmp_path) == tmp_path / "2026-11-21/09-00-00"
+    with pytest.raises(FileNotFoundError, match="no sweep"):
+        latest_sweep(tmp_path / "2026-11-20" / "10-00-00" / "empty")
 
 
 def test_find_run_dirs_refuses_a_path_without_runs(tmp_path):
