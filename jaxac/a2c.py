@@ -371,8 +371,11 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
             break
         if checkpointer.due(env_steps):
             save_checkpoint()
+        if cfg.stop_when_solved and all(steps is not None for steps in solved_steps):
+            break
     if divergence is None:
         save_checkpoint()  # the final (or interrupted) state, to resume or extend from
     return TrainResult(state.params, state.obs_stats, last_steps, compile_seconds,
                        time.perf_counter() - start, rates, solved_steps, solved_wall,
-                       interrupted=done < n_total and divergence is None, diverged=divergence)
+                       interrupted=stop.requested and done < n_total and divergence is None,
+                       diverged=divergence)

@@ -605,6 +605,8 @@ def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
         while trainer.running:
             if trainer.stop_event.wait(timeout=0.02) or stop.requested:
                 break
+            if cfg.stop_when_solved and shared.solved_env_steps is not None:
+                break
             if shared.env_steps >= next_log:
                 if checkpointer.due(shared.env_steps):
                     with trainer.paused() as consistent:

@@ -85,6 +85,7 @@ class Config:
     log_interval: int = 20_000  # environment steps between two metric lines
     progress_seconds: float = 2.0  # at most this long between two console progress lines
     eval_episodes: int = 100  # greedy evaluation episodes at the end of training
+    stop_when_solved: bool = False  # end training at the first log point where every seed solved
     checkpoint_every: int = 100_000  # env steps between training checkpoints; 0: only the last
     checkpoint_keep: int = 2  # newest training checkpoints kept on disk
     resume: Optional[str] = None  # a run directory to continue in place

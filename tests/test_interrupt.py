@@ -29,3 +29,18 @@ def test_signal_stops_cleanly_and_keeps_everything(tmp_path, algo, sig):
     checkpoint = find_checkpoint(tmp_path)
     assert checkpoint.env_steps == summary["env_steps"]
     assert checkpoint.meta["metrics_lines"] == len(metrics)
+
+
+@pytest.mark.parametrize("algo", ["a2c", "a3c"])
+def test_stop_when_solved_ends_training_early(tmp_path, algo):
+    from jaxac.config import compose_config
+    from jaxac.run import execute
+
+    summary = execute(compose_config([f"algo={algo}", "workers=4", "total_steps=2000000",
+                                      "log_interval=2000", "env.solve_threshold=40",
+                                      "stop_when_solved=true", "eval_episodes=0"]), tmp_path)
+    solved_at = summary["solved"]["env_steps"][0]
+    assert solved_at is not None and not summary["interrupted"]
+    assert summary["env_steps"] < 2_000_000
+    if algo == "a2c":  # at the first log point at or after solving
+        assert summary["env_steps"] == -(-solved_at // 2000) * 2000

@@ -1,0 +1,437 @@
+"""`python -m jaxac.bench`: how fast jaxac trains, and how far that is from the machine's limit.
+
+Measures, in one process (time-to-solve runs are subprocesses, as a user would start them):
+
+- A2C env steps/s on CartPole-v1 at workers 8, 64, 512, 4096 and on Breakout-MinAtar at 64 and
+  512 (`rollout_length` 5), compile seconds apart from steady state;
+- the FLOP-bound limit for the same work: the floating-point operations of one training env step
+  (XLA's count for the rollout's forward pass plus the loss's forward and backward pass), divided
+  into the matrix-multiply rate measured here; training throughput as a fraction of it, and the
+  inference-only rate (policy forward + env step, no learning) at each batch size;
+- A3C env steps/s and updates/s at 1, 2, 4, 8 and 16 workers in both update modes, with the mean
+  staleness;
+- wall seconds and env steps to solve CartPole-v1 (mean of the last 100 training episodes >= 475)
+  for A2C and A3C with their default presets, median over seeds, with a cold and a warm JAX
+  compilation cache;
+- with `--vs sb3`, Stable-Baselines3's A2C on CartPole-v1 with matching settings (see
+  `jaxac.bench_sb3`), and the ratios.
+
+Every figure is the median of `--repeats` measurements, reported with its min and max. Results go
+to `--out` (default `bench/<date>_<time>/`): `bench.json`, `bench.png`, and the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxac import a2c, a3c, core
+from jaxac.checkpoint import network_from_config
+from jaxac.config import compose_config
+from jaxac.envs import make_env
+from jaxac.metrics import environment_info, write_json
+from jaxac.normalization import init_obs_stats
+
+A2C_SIZES = {"cartpole": (8, 64, 512, 4096), "breakout": (64, 512)}
+A3C_WORKERS = (1, 2, 4, 8, 16)
+UPDATE_MODES = ("locked", "hogwild")
+ROLLOUT = 5
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min and max of repeated measurements (and the measurements)."""
+    return {"median": float(statistics.median(values)), "min": float(min(values)),
+            "max": float(max(values)), "n": len(values), "values": [float(v) for v in values]}
+
+
+def timed_repeats(run: Callable[[], int], repeats: int) -> list[float]:
+    """Rates (units per second) of `repeats` calls of `run`, which returns the units it did."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        units = run()
+        rates.append(units / (time.perf_counter() - start))
+    return rates
+
+
+def calibrate(run: Callable[[int], Any], target_seconds: float, start: int = 4) -> int:
+    """How many iterations `run(n)` needs to take about `target_seconds` (after a warm-up)."""
+    n = start
+    run(n)
+    while True:
+        t0 = time.perf_counter()
+        run(n)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= target_seconds / 4 or n >= 1 << 20:
+            return max(1, int(n * target_seconds / max(elapsed, 1e-9)))
+        n *= 4
+
+
+# ----- the machine's limit ------------------------------------------------------------------------
+
+def matmul_flops_per_second(repeats: int, size: int | None = None) -> dict[str, Any]:
+    """float32 matrix-multiply rate of the default device (FLOP/s), timed like the training."""
+    size = size or (8192 if jax.default_backend() == "gpu" else 1024)
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (size, size), jnp.float32)
+    b = jax.random.normal(key_b, (size, size), jnp.float32)
+    step = jax.jit(lambda x, y: (x @ y) * (1.0 / size))  # scaled to stay finite when chained
+
+    def run(n: int):
+        x = a
+        for _ in range(n):
+            x = step(x, b)
+        x.block_until_ready()
+
+    n = calibrate(run, 0.5, start=1)
+    rates = timed_repeats(lambda: (run(n), 2 * size ** 3 * n)[1], repeats)
+    return {"matrix_size": size, **spread(rates)}
+
+
+def flops(fn: Callable, *args) -> float:
+    """XLA's count of the floating-point operations of `fn(*args)`, compiled."""
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(analysis, list):  # older JAX returns one dict per computation
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float]:
+    """FLOPs of one training env step: the rollout's policy forward pass per step, plus the
+    loss's forward and backward pass over a [rollout, workers] trajectory, per env step."""
+    from jaxac.config import loss_config
+    from jaxac.envs import reset_envs
+
+    loss = loss_config(cfg)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1,) + spec.obs_shape))
+    stats = init_obs_stats(spec.obs_shape)
+    envs = reset_envs(spec, jax.random.split(jax.random.PRNGKey(1), workers))
+    _, traj = jax.jit(lambda p, e: core.rollout(network.apply, p, stats, e, spec, ROLLOUT,
+                                                loss.normalize_obs))(params, envs)
+    obs = jnp.zeros((workers,) + spec.obs_shape)
+    forward = flops(lambda p, o: network.apply(p, o), params, obs)
+    backward = flops(lambda p, t: core.gradients(p, network.apply, stats, t, loss), params, traj)
+    steps = ROLLOUT * workers
+    return {"forward_per_step": forward / workers, "loss_and_grad_per_step": backward / steps,
+            "total_per_step": forward / workers + backward / steps}
+
+
+# ----- A2C ----------------------------------------------------------------------------------------
+
+def a2c_throughput(env: str, workers: int, repeats: int, seconds: float,
+                   matmul_rate: float) -> dict[str, Any]:
+    """Steady-state training and inference env steps/s of A2C at one batch size."""
+    cfg = compose_config([f"env={env}", f"workers={workers}", f"rollout_length={ROLLOUT}",
+                          "compilation_cache_dir=null"])
+    spec = make_env(cfg.env.name)
+    network = network_from_config(cfg, spec)
+    trainer = a2c.build_trainer(cfg, spec, network, jax.devices()[:1])
+    state = trainer.init_state(0)
+    compile_seconds = trainer.compile(state)
+    holder = {"state": state}
+
+    def train(n: int) -> int:
+        holder["state"], _ = trainer.run_updates(holder["state"], n)  # fetches metrics: synced
+        return n * trainer.steps_per_update
+
+    n = calibrate(train, seconds)
+    training = timed_repeats(lambda: train(n), repeats)
+
+    inference = inference_rates(cfg, spec, network, workers, repeats, seconds)
+    flop = training_flops_per_step(cfg, spec, network, workers)
+    limit = matmul_rate / flop["total_per_step"]
+    return {"env": cfg.env.name, "workers": workers, "compile_seconds": compile_seconds,
+            "train_steps_per_second": spread(training),
+            "inference_steps_per_second": spread(inference),
+            "flops": flop, "flop_bound_steps_per_second": limit,
+            "fraction_of_flop_bound": statistics.median(training) / limit}
+
+
+def inference_rates(cfg, spec, network, workers: int, repeats: int,
+                    seconds: float) -> list[float]:
+    """Env steps/s of acting only: the policy's forward pass, sampling, and the env step."""
+    from jaxac.envs import reset_envs
+
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1,) + spec.obs_shape))
+    stats = init_obs_stats(spec.obs_shape)
+
+    @jax.jit
+    def act(envs, n):
+        def body(_, e):
+            e, traj = core.rollout(network.apply, params, stats, e, spec, ROLLOUT, False)
+            return e
+        return jax.lax.fori_loop(0, n, body, envs)
+
+    holder = {"envs": reset_envs(spec, jax.random.split(jax.random.PRNGKey(1), workers))}
+
+    def run(n: int) -> int:
+        holder["envs"] = act(holder["envs"], n)
+        jax.block_until_ready(holder["envs"])
+        return n * ROLLOUT * workers
+
+    n = calibrate(run, seconds)
+    return timed_repeats(lambda: run(n), repeats)
+
+
+# ----- A3C ----------------------------------------------------------------------------------------
+
+def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> dict[str, Any]:
+    """A3C env steps/s, updates/s and mean staleness over `repeats` runs of `total_steps`."""
+    steps, updates, staleness = [], [], []
+    for r in range(repeats):
+        cfg = compose_config(["algo=a3c", f"workers={workers}", f"algo.update={mode}",
+                              f"rollout_length={ROLLOUT}", f"total_steps={total_steps}",
+                              f"seed={r}", "compilation_cache_dir=null"])
+        spec = make_env(cfg.env.name)
+        trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
+        a3c.compile_learner(trainer)
+        start = time.perf_counter()
+        trainer.run_to_completion()
+        elapsed = time.perf_counter() - start
+        records = trainer.server.drain_records()
+        steps.append(trainer.progress.env_steps / elapsed)
+        updates.append(len(records) / elapsed)
+        staleness.append(float(np.mean([rec.staleness for rec in records])))
+    return {"workers": workers, "update": mode, "steps_per_second": spread(steps),
+            "updates_per_second": spread(updates), "staleness_mean": spread(staleness)}
+
+
+# ----- time to solve ------------------------------------------------------------------------------
+
+def time_to_solve(algo: str, seeds: int, workdir: Path) -> dict[str, Any]:
+    """Wall seconds (process start to solved, compilation included) and env steps to solve
+    CartPole-v1 with the default preset, per seed, with a cold then a warm compilation cache."""
+    out: dict[str, Any] = {"algo": algo, "cold": [], "warm": []}
+    for seed in range(seeds):
+        cache = workdir / f"cache-{algo}-{seed}"  # empty: cold; the same again: warm
+        for phase in ("cold", "warm"):
+            run_dir = workdir / f"{algo}-{seed}-{phase}"
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "jaxac.run", f"algo={algo}", f"seed={seed}",
+                 "stop_when_solved=true", "eval_episodes=0", f"compilation_cache_dir={cache}",
+                 f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+            process_seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                raise RuntimeError(f"time-to-solve run failed:\n{done.stderr[-3000:]}")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            solved = summary["solved"]
+            out[phase].append({
+                "seed": seed, "env_steps": solved["env_steps"][0],
+                "train_seconds": solved["wall_seconds"][0],
+                "compile_seconds": summary["compile_seconds"],
+                "process_seconds": process_seconds})
+    for phase in ("cold", "warm"):
+        rows = out[phase]
+        solved_rows = [r for r in rows if r["env_steps"] is not None]
+        out[f"{phase}_solved"] = f"{len(solved_rows)}/{len(rows)}"
+        if solved_rows:
+            out[f"{phase}_env_steps"] = spread([r["env_steps"] for r in solved_rows])
+            out[f"{phase}_train_seconds"] = spread([r["train_seconds"] for r in solved_rows])
+            out[f"{phase}_compile_seconds"] = spread([r["compile_seconds"] for r in rows])
+    return out
+
+
+# ----- report -------------------------------------------------------------------------------------
+
+def _fmt_spread(s: dict[str, Any], digits: int = 0) -> str:
+    return f"{s['median']:,.{digits}f} [{s['min']:,.{digits}f}-{s['max']:,.{digits}f}]"
+
+
+def report(results: dict[str, Any]) -> str:
+    """The human-readable table."""
+    lines = [f"jaxac benchmark, {results['machine']}",
+             f"median [min-max] of {results['repeats']} repeats", ""]
+    if "matmul" in results:
+        m = results["matmul"]
+        lines.append(f"matrix multiply ({m['matrix_size']}x{m['matrix_size']} float32): "
+                     f"{m['median'] / 1e9:,.1f} GFLOP/s [{m['min'] / 1e9:,.1f}-"
+                     f"{m['max'] / 1e9:,.1f}]")
+    if results.get("a2c"):
+        lines += ["", "A2C (rollout_length 5)",
+                  f"{'env':<16}{'workers':>8}{'compile s':>10}  {'train steps/s':<30}"
+                  f"{'FLOP-bound':>12}{'fraction':>9}  {'inference steps/s':<30}"]
+        for r in results["a2c"]:
+            lines.append(f"{r['env']:<16}{r['workers']:>8}{r['compile_seconds']:>10.1f}  "
+                         f"{_fmt_spread(r['train_steps_per_second']):<30}"
+                         f"{r['flop_bound_steps_per_second']:>12,.0f}"
+                         f"{r['fraction_of_flop_bound']:>9.1%}  "
+                         f"{_fmt_spread(r['inference_steps_per_second']):<30}")
+    if results.get("a3c"):
+        lines += ["", "A3C (CartPole-v1, 1 env per worker, rollout_length 5)",
+                  f"{'update':<9}{'workers':>8}  {'env steps/s':<28}{'updates/s':<26}"
+                  f"{'staleness':>9}"]
+        for r in results["a3c"]:
+            lines.append(f"{r['update']:<9}{r['workers']:>8}  "
+                         f"{_fmt_spread(r['steps_per_second']):<28}"
+                         f"{_fmt_spread(r['updates_per_second']):<26}"
+                         f"{r['staleness_mean']['median']:>9.2f}")
+    if results.get("solve"):
+        lines += ["", "Time to solve CartPole-v1 (last-100 mean >= 475), default presets",
+                  f"{'algo':<6}{'cache':<7}{'solved':>7}  {'env steps':<30}"
+                  f"{'wall s (compile incl.)':<26}{'compile s':<20}"]
+        for r in results["solve"]:
+            for phase in ("cold", "warm"):
+                if f"{phase}_env_steps" not in r:
+                    lines.append(f"{r['algo']:<6}{phase:<7}{r[f'{phase}_solved']:>7}")
+                    continue
+                lines.append(f"{r['algo']:<6}{phase:<7}{r[f'{phase}_solved']:>7}  "
+                             f"{_fmt_spread(r[f'{phase}_env_steps']):<30}"
+                             f"{_fmt_spread(r[f'{phase}_train_seconds'], 1):<26}"
+                             f"{_fmt_spread(r[f'{phase}_compile_seconds'], 1):<20}")
+    if results.get("sb3"):
+        s = results["sb3"]
+        lines += ["", f"Stable-Baselines3 {s['version']} A2C (torch {s['torch']}), "
+                      "CartPole-v1, 8 envs x 5 steps, RMSprop 7e-4",
+                  f"steps/s {_fmt_spread(s['steps_per_second'])}; solved "
+                  f"{s['solved']}; wall s to solve {_fmt_spread(s['train_seconds'], 1)}"
+                  if "train_seconds" in s else f"steps/s {_fmt_spread(s['steps_per_second'])}"]
+        for name, value in results.get("ratios", {}).items():
+            lines.append(f"  {name}: {value:,.1f}x")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Training, inference and FLOP-bound steps/s against batch size (A2C), and A3C scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=100)
+    ax = axes[0]
+    for i, env in enumerate(sorted({r["env"] for r in results.get("a2c", [])})):
+        rows = [r for r in results["a2c"] if r["env"] == env]
+        w = [r["workers"] for r in rows]
+        for key, style, label in (("train_steps_per_second", "-o", "training"),
+                                  ("inference_steps_per_second", "--s", "inference only")):
+            med = [r[key]["median"] for r in rows]
+            err = [[m - r[key]["min"] for m, r in zip(med, rows)],
+                   [r[key]["max"] - m for m, r in zip(med, rows)]]
+            ax.errorbar(w, med, yerr=err, fmt=style, color=f"C{i}", capsize=3,
+                        label=f"{env}: {label}")
+        ax.plot(w, [r["flop_bound_steps_per_second"] for r in rows], ":", color=f"C{i}",
+                label=f"{env}: FLOP-bound limit")
+    ax.set(xscale="log", yscale="log", xlabel="workers (environments)", ylabel="env steps / s",
+           title="A2C")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for i, mode in enumerate(UPDATE_MODES):
+        rows = [r for r in results.get("a3c", []) if r["update"] == mode]
+        if rows:
+            med = [r["steps_per_second"]["median"] for r in rows]
+            err = [[m - r["steps_per_second"]["min"] for m, r in zip(med, rows)],
+                   [r["steps_per_second"]["max"] - m for m, r in zip(med, rows)]]
+            ax.errorbar([r["workers"] for r in rows], med, yerr=err, fmt="-o", capsize=3,
+                        color=f"C{i}", label=mode)
+    ax.set(xscale="log", xlabel="workers (threads)", ylabel="env steps / s",
+           title="A3C on CartPole-v1")
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(results["machine"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def machine_name() -> str:
+    info = environment_info()
+    device = jax.devices()[0]
+    kind = getattr(device, "device_kind", device.platform)
+    return (f"{info['processor']} ({info['cpu_count']} cores), JAX {info['versions']['jax']} "
+            f"on {jax.default_backend()} ({kind})")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m jaxac.bench",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default bench/<date>_<time>)")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per figure")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="duration of one throughput measurement")
+    parser.add_argument("--only", default="a2c,a3c,solve",
+                        help="comma-separated sections: a2c, a3c, solve")
+    parser.add_argument("--a2c-workers", default=None,
+                        help="CartPole-v1 batch sizes instead of 8,64,512,4096 "
+                             "(e.g. up to 65536 on a GPU)")
+    parser.add_argument("--breakout-workers", default=None,
+                        help="Breakout-MinAtar batch sizes instead of 64,512")
+    parser.add_argument("--a3c-steps", type=int, default=20_000,
+                        help="env steps per A3C measurement")
+    parser.add_argument("--solve-seeds", type=int, default=5)
+    parser.add_argument("--vs", choices=["sb3"], default=None,
+                        help="also train Stable-Baselines3's A2C (needs the sb3 extra)")
+    args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    unknown = sections - {"a2c", "a3c", "solve"}
+    if unknown:
+        parser.error(f"--only: unknown section(s) {sorted(unknown)}; allowed: a2c, a3c, solve")
+    if args.vs == "sb3":
+        from jaxac import bench_sb3
+
+        bench_sb3.check_installed()  # fail before measuring anything
+    out = args.out or Path("bench") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = dict(A2C_SIZES)
+    if args.a2c_workers:
+        sizes["cartpole"] = tuple(int(w) for w in args.a2c_workers.split(","))
+    if args.breakout_workers:
+        sizes["breakout"] = tuple(int(w) for w in args.breakout_workers.split(","))
+
+    results: dict[str, Any] = {"machine": machine_name(), "repeats": args.repeats,
+                               "environment": environment_info(), "args": vars(args) | {
+                                   "out": str(out)}}
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold here
+    if "a2c" in sections:
+        results["matmul"] = matmul_flops_per_second(args.repeats)
+        results["a2c"] = []
+        for env, workers_list in sizes.items():
+            for workers in workers_list:
+                row = a2c_throughput(env, workers, args.repeats, args.seconds,
+                                     results["matmul"]["median"])
+                results["a2c"].append(row)
+                print(f"A2C {row['env']} workers={workers}: "
+                      f"{row['train_steps_per_second']['median']:,.0f} steps/s", flush=True)
+    if "a3c" in sections:
+        results["a3c"] = []
+        for mode in UPDATE_MODES:
+            for workers in A3C_WORKERS:
+                row = a3c_throughput(workers, mode, args.repeats, args.a3c_steps)
+                results["a3c"].append(row)
+                print(f"A3C {mode} workers={workers}: "
+                      f"{row['steps_per_second']['median']:,.0f} steps/s", flush=True)
+    if "solve" in sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["solve"] = [time_to_solve(algo, args.solve_seeds, Path(tmp))
+                                for algo in ("a2c", "a3c")]
+    if args.vs == "sb3":
+        from jaxac import bench_sb3
+
+        results["sb3"] = bench_sb3.measure(args.repeats, args.solve_seeds, args.seconds)
+        results["ratios"] = bench_sb3.ratios(results)
+    write_json(out / "bench.json", results)
+    table = report(results)
+    (out / "bench.txt").write_text(table + "\n")
+    if results.get("a2c") or results.get("a3c"):
+        plot(results, out / "bench.png")
+    print(table)
+    print(f"\nwritten to {out}/ (bench.json, bench.txt, bench.png)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
