@@ -337,11 +337,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
                    [r["steps_per_second"]["max"] - m for m, r in zip(med, rows)]]
             ax.errorbar([r["workers"] for r in rows], med, yerr=err, fmt="-o", capsize=3,
                         color=f"C{i}", label=mode)
-    ax.set(xscale="log", xlabel="workers (threads)", ylabel="env steps / s",
-           title="A3C on CartPole-v1")
+    ax.set(xlabel="workers (threads)", ylabel="env steps / s", title="A3C on CartPole-v1")
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if results.get("a3c"):
+        ax.legend(fontsize=8)
     fig.suptitle(results["machine"], fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "(e.g. up to 65536 on a GPU)")
     parser.add_argument("--breakout-workers", default=None,
                         help="Breakout-MinAtar batch sizes instead of 64,512")
+    parser.add_argument("--a3c-workers", default=None,
+                        help="A3C worker counts instead of 1,2,4,8,16")
     parser.add_argument("--a3c-steps", type=int, default=20_000,
                         help="env steps per A3C measurement")
     parser.add_argument("--solve-seeds", type=int, default=5)
@@ -408,8 +410,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{row['train_steps_per_second']['median']:,.0f} steps/s", flush=True)
     if "a3c" in sections:
         results["a3c"] = []
+        a3c_workers = (tuple(int(w) for w in args.a3c_workers.split(",")) if args.a3c_workers
+                       else A3C_WORKERS)
         for mode in UPDATE_MODES:
-            for workers in A3C_WORKERS:
+            for workers in a3c_workers:
                 row = a3c_throughput(workers, mode, args.repeats, args.a3c_steps)
                 results["a3c"].append(row)
                 print(f"A3C {mode} workers={workers}: "

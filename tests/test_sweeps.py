@@ -176,3 +176,18 @@ def test_read_metrics_tolerates_only_a_partial_last_line(tmp_path):
     path.write_text('{"env_steps": 1}\n{"env_st\n{"env_steps": 2}\n')
     with pytest.raises(ValueError, match="line 2"):
         read_metrics(tmp_path)
+
+
+def test_a_killed_run_loads_with_its_status(tmp_path):
+    from jaxac.config import compose_config
+    from jaxac.run import execute
+
+    execute(compose_config(["total_steps=6000", "log_interval=2000", "eval_episodes=0"]),
+            tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()  # as if killed before the end
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"env_steps": 80')
+    results = load_results(tmp_path)
+    [run] = results.runs.to_dict("records")
+    assert run["status"] == "running or killed" and run["env_steps"] == 6000
+    assert list(results.metrics["env_steps"]) == [2000, 4000, 6000]

@@ -1,0 +1,57 @@
+"""`python -m jaxac.bench` end to end at a tiny size (what it measures, not how fast)."""
+
+import json
+
+from jaxac import bench, bench_sb3
+
+
+def test_bench_measures_and_reports(tmp_path):
+    results = bench.main(["--only", "a2c,a3c", "--repeats", "2", "--seconds", "0.05",
+                          "--a2c-workers", "8", "--breakout-workers", "8", "--a3c-workers", "1,2",
+                          "--a3c-steps", "500", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["repeats"] == 2 and (tmp_path / "bench.png").stat().st_size > 5000
+    assert [(r["env"], r["workers"]) for r in saved["a2c"]] == [("CartPole-v1", 8),
+                                                               ("Breakout-MinAtar", 8)]
+    for row in saved["a2c"]:
+        assert row["train_steps_per_second"]["n"] == 2
+        assert row["train_steps_per_second"]["min"] <= row["train_steps_per_second"]["median"]
+        assert row["compile_seconds"] > 0
+        # a training step costs more FLOPs than acting, and the conv torso more than the MLP
+        assert row["flops"]["loss_and_grad_per_step"] > row["flops"]["forward_per_step"] > 0
+        assert 0 < row["fraction_of_flop_bound"] < 1
+    cartpole, breakout = saved["a2c"]
+    assert breakout["flops"]["total_per_step"] > 10 * cartpole["flops"]["total_per_step"]
+    assert [(r["update"], r["workers"]) for r in saved["a3c"]] == [
+        ("locked", 1), ("locked", 2), ("hogwild", 1), ("hogwild", 2)]
+    assert saved["a3c"][0]["staleness_mean"]["median"] == 0  # one worker is never stale
+    table = (tmp_path / "bench.txt").read_text()
+    assert "FLOP-bound" in table and "hogwild" in table
+
+
+def test_mlp_flop_count_matches_the_layer_sizes():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxac.envs import make_env
+    from jaxac.networks import make_network
+
+    spec = make_env("CartPole-v1")
+    network = make_network(spec)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+    counted = bench.flops(lambda p, o: network.apply(p, o), params, jnp.zeros((100, 4)))
+    # two 4-64-64 towers, then 64->2 (logits) and 64->1 (value): 2 FLOPs per multiply-add
+    matmul = 2 * 100 * (2 * (4 * 64 + 64 * 64) + 64 * 2 + 64 * 1)
+    assert matmul <= counted < 1.5 * matmul
+
+
+def test_sb3_ratios():
+    results = {
+        "a2c": [{"env": "CartPole-v1", "workers": 8,
+                 "train_steps_per_second": {"median": 300_000.0}}],
+        "solve": [{"algo": "a2c", "warm_train_seconds": {"median": 2.0}}],
+        "sb3": {"steps_per_second": {"median": 10_000.0}, "train_seconds": {"median": 50.0}},
+    }
+    assert bench_sb3.ratios(results) == {
+        "A2C steps/s at workers=8, jaxac / SB3": 30.0,
+        "wall time to solve, SB3 / jaxac A2C (warm cache)": 25.0}
