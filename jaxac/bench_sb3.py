@@ -22,14 +22,14 @@ MAX_STEPS = 2_000_000  # per time-to-solve run
 
 def check_installed() -> None:
     """Raise SystemExit with the install hint if SB3 or gymnasium is missing."""
-    try:
-        import gymnasium  # noqa: F401
-        import stable_baselines3  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as error:
-        raise SystemExit(f"--vs sb3 needs stable-baselines3, gymnasium and torch ({error}). "
-                         "Install a CPU-only torch first, then the extra: "
-                         "pip install torch==2.13.0 && pip install -e '.[sb3]'") from None
+    import importlib.util
+
+    missing = [name for name in ("stable_baselines3", "gymnasium", "torch")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"--vs sb3 needs stable-baselines3, gymnasium and torch (missing: "
+                         f"{', '.join(missing)}). Install a CPU-only torch first, then the extra: "
+                         "pip install torch==2.13.0 && pip install -e '.[sb3]'")
 
 
 def make_model(seed: int):

@@ -6,7 +6,7 @@ from jaxac import bench, bench_sb3
 
 
 def test_bench_measures_and_reports(tmp_path):
-    results = bench.main(["--only", "a2c,a3c", "--repeats", "2", "--seconds", "0.05",
+    bench.main(["--only", "a2c,a3c", "--repeats", "2", "--seconds", "0.05",
                           "--a2c-workers", "8", "--breakout-workers", "8", "--a3c-workers", "1,2",
                           "--a3c-steps", "500", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "bench.json").read_text())
