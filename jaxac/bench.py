@@ -303,6 +303,14 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _errorbar(ax, x: list, spreads: list[dict[str, Any]], **style) -> None:
+    """Medians with min-max error bars."""
+    med = [s["median"] for s in spreads]
+    err = [[m - s["min"] for m, s in zip(med, spreads)],
+           [s["max"] - m for m, s in zip(med, spreads)]]
+    ax.errorbar(x, med, yerr=err, capsize=3, **style)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Training, inference and FLOP-bound steps/s against batch size (A2C), and A3C scaling."""
     import matplotlib
@@ -317,11 +325,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         w = [r["workers"] for r in rows]
         for key, style, label in (("train_steps_per_second", "-o", "training"),
                                   ("inference_steps_per_second", "--s", "inference only")):
-            med = [r[key]["median"] for r in rows]
-            err = [[m - r[key]["min"] for m, r in zip(med, rows)],
-                   [r[key]["max"] - m for m, r in zip(med, rows)]]
-            ax.errorbar(w, med, yerr=err, fmt=style, color=f"C{i}", capsize=3,
-                        label=f"{env}: {label}")
+            _errorbar(ax, w, [r[key] for r in rows], fmt=style, color=f"C{i}",
+                      label=f"{env}: {label}")
         ax.plot(w, [r["flop_bound_steps_per_second"] for r in rows], ":", color=f"C{i}",
                 label=f"{env}: FLOP-bound limit")
     ax.set(xscale="log", yscale="log", xlabel="workers (environments)", ylabel="env steps / s",
@@ -332,11 +337,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for i, mode in enumerate(UPDATE_MODES):
         rows = [r for r in results.get("a3c", []) if r["update"] == mode]
         if rows:
-            med = [r["steps_per_second"]["median"] for r in rows]
-            err = [[m - r["steps_per_second"]["min"] for m, r in zip(med, rows)],
-                   [r["steps_per_second"]["max"] - m for m, r in zip(med, rows)]]
-            ax.errorbar([r["workers"] for r in rows], med, yerr=err, fmt="-o", capsize=3,
-                        color=f"C{i}", label=mode)
+            _errorbar(ax, [r["workers"] for r in rows], [r["steps_per_second"] for r in rows],
+                      fmt="-o", color=f"C{i}", label=mode)
     ax.set(xlabel="workers (threads)", ylabel="env steps / s", title="A3C on CartPole-v1")
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)

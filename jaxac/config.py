@@ -8,6 +8,7 @@ and what is allowed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -235,8 +236,6 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
     """The config to continue the run in directory `resume`: its saved config, plus command-line
     `overrides` of the keys in RESUME_CHANGEABLE. Raises ConfigError for a directory that is not a
     run or holds no intact checkpoint, and for an override of any other key."""
-    from pathlib import Path
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from jaxac.checkpoint import find_checkpoint
@@ -266,7 +265,7 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
-CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

@@ -7,6 +7,7 @@ Every function returns a matplotlib figure and saves it when given `path`.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -57,26 +58,13 @@ def mean_and_band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 100
             started = grid >= x[ok][0]
             stack[i, started] = np.interp(grid[started], x[ok], y[ok])  # holds the last value
     count = (~np.isnan(stack)).sum(axis=0)
-    with _quiet():
+    with warnings.catch_warnings():  # a grid point no curve has reached yet is just NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(stack, axis=0)
         sem = np.nanstd(stack, axis=0, ddof=1) / np.sqrt(count)
     mean = np.where(count == len(curves), mean, np.nan)
     half = np.where(count >= 2, 1.96 * sem, np.nan)
     return grid, mean, mean - half, mean + half
-
-
-class _quiet:
-    """Silence NumPy's all-NaN-slice warnings (a grid point no curve reaches is just NaN)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
 
 
 def plot_learning_curves(metrics: pd.DataFrame, by: Iterable[str] = ("algo",),
