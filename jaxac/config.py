@@ -245,7 +245,8 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
     _require(run_dir.is_dir(), "resume", resume, "the path of an existing run directory")
     _require(saved.exists(), "resume", resume,
              "a jaxac run directory (one holding .hydra/config.yaml)")
-    _require(find_checkpoint(run_dir) is not None, "resume", resume,
+    checkpoint = find_checkpoint(run_dir)
+    _require(checkpoint is not None, "resume", resume,
              "a run directory holding an intact training checkpoint (checkpoint/state-*.json); "
              "this one has none")
     cfg = OmegaConf.load(saved)
@@ -261,6 +262,8 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
         _require(isinstance(value, RESUME_CHANGEABLE[key]) and not isinstance(value, bool), key,
                  value, f"a value of type {RESUME_CHANGEABLE[key]}")
         OmegaConf.update(cfg, key, value)
+    _require(cfg.total_steps >= checkpoint.env_steps, "total_steps", cfg.total_steps,
+             f"at least the {checkpoint.env_steps:,} env steps of the checkpoint it resumes from")
     cfg.resume = str(run_dir)
     return cfg
 

@@ -80,6 +80,9 @@ def test_resume_refuses_to_change_what_the_run_learns(tmp_path):
     with pytest.raises(ConfigError) as info:
         execute(compose_config([f"resume={tmp_path}"]), None, ["algo.lr=0.1"])
     assert info.value.key == "algo.lr" and "total_steps" in str(info.value)
+    with pytest.raises(ConfigError) as info:  # cannot end before the checkpoint it starts from
+        execute(compose_config([f"resume={tmp_path}"]), None, ["total_steps=2000"])
+    assert info.value.key == "total_steps" and "4,000 env steps" in str(info.value)
 
 
 def test_workers_must_split_evenly_over_devices():
