@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -208,6 +209,43 @@ def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> d
             "updates_per_second": spread(updates), "staleness_mean": spread(staleness)}
 
 
+def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str, Any]:
+    """The most A3C env steps/s this machine gives `workers` threads: each thread only calls the
+    workers' jitted rollout-and-gradient back to back (no parameter server, no bookkeeping).
+    Also the CPU cores the process used meanwhile (process CPU time / wall time)."""
+    cfg = compose_config(["algo=a3c", f"workers={workers}", f"rollout_length={ROLLOUT}",
+                          "compilation_cache_dir=null"])
+    spec = make_env(cfg.env.name)
+    trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
+    a3c.compile_learner(trainer)
+    learner, snapshot = trainer.learner, trainer.server.snapshot().vector
+    entropy_coef = jnp.float32(0.0)
+
+    def run(calls_per_thread: int) -> float:
+        def loop(i: int) -> None:
+            envs = learner.init_envs(trainer.keys[i])
+            for _ in range(calls_per_thread):
+                envs, *_ = jax.block_until_ready(
+                    learner.rollout_and_gradient(snapshot, envs, entropy_coef))
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return calls_per_thread * workers * ROLLOUT
+
+    n = calibrate(run, seconds)
+    rates, cores = [], []
+    for _ in range(repeats):
+        cpu, wall = time.process_time(), time.perf_counter()
+        steps = run(n)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        rates.append(steps / wall)
+        cores.append(cpu / wall)
+    return {"workers": workers, "steps_per_second": spread(rates), "cores_used": spread(cores)}
+
+
 # ----- time to solve ------------------------------------------------------------------------------
 
 def time_to_solve(algo: str, seeds: int, workdir: Path) -> dict[str, Any]:
@@ -278,6 +316,12 @@ def report(results: dict[str, Any]) -> str:
                          f"{_fmt_spread(r['steps_per_second']):<28}"
                          f"{_fmt_spread(r['updates_per_second']):<26}"
                          f"{r['staleness_mean']['median']:>9.2f}")
+    if results.get("a3c_ceiling"):
+        lines += ["", "A3C ceiling: each thread only calls the workers' jitted rollout+gradient",
+                  f"{'threads':>7}  {'env steps/s':<28}{'CPU cores used':<20}"]
+        for r in results["a3c_ceiling"]:
+            lines.append(f"{r['workers']:>7}  {_fmt_spread(r['steps_per_second']):<28}"
+                         f"{_fmt_spread(r['cores_used'], 2):<20}")
     if results.get("solve"):
         lines += ["", "Time to solve CartPole-v1 (last-100 mean >= 475), default presets",
                   f"{'algo':<6}{'cache':<7}{'solved':>7}  {'env steps':<30}"
@@ -339,6 +383,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if rows:
             _errorbar(ax, [r["workers"] for r in rows], [r["steps_per_second"] for r in rows],
                       fmt="-o", color=f"C{i}", label=mode)
+    ceiling = results.get("a3c_ceiling", [])
+    if ceiling:
+        _errorbar(ax, [r["workers"] for r in ceiling], [r["steps_per_second"] for r in ceiling],
+                  fmt=":^", color="grey", label="ceiling: rollout+gradient calls only")
     ax.set(xlabel="workers (threads)", ylabel="env steps / s", title="A3C on CartPole-v1")
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
@@ -420,6 +468,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["a3c"].append(row)
                 print(f"A3C {mode} workers={workers}: "
                       f"{row['steps_per_second']['median']:,.0f} steps/s", flush=True)
+        results["a3c_ceiling"] = [a3c_compute_ceiling(w, args.repeats, args.seconds)
+                                  for w in a3c_workers]
     if "solve" in sections:
         with tempfile.TemporaryDirectory() as tmp:
             results["solve"] = [time_to_solve(algo, args.solve_seeds, Path(tmp))
