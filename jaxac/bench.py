@@ -221,7 +221,7 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     learner, snapshot = trainer.learner, trainer.server.snapshot().vector
     entropy_coef = jnp.float32(0.0)
 
-    def run(calls_per_thread: int) -> float:
+    def run(calls_per_thread: int) -> int:
         def loop(i: int) -> None:
             envs = learner.init_envs(trainer.keys[i])
             for _ in range(calls_per_thread):
