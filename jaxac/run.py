@@ -23,6 +23,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -187,9 +188,10 @@ def _fmt(value: float | None) -> str:
 register_configs()
 
 
-class JobFailed(RuntimeError):
+class JobFailed(CompactHydraException):
     """Raised by a failed job of a sweep (`-m`): Hydra records the job as failed, runs the other
-    jobs, then exits non-zero naming the first failed job's overrides."""
+    jobs, then exits non-zero naming the first failed job's overrides. A compact Hydra error: the
+    expected failure is printed as its message, without a stack trace."""
 
 
 FAILURE_FILE = "failure.json"
@@ -213,7 +215,7 @@ def main(cfg: DictConfig) -> float | None:
             record_failure(run_dir, kind, message, exit_code=exit_code, **details)
         if in_sweep:
             raise JobFailed(f"{message}\n(job directory: {run_dir}; failure recorded in "
-                            f"{FAILURE_FILE})") from None
+                            f"{FAILURE_FILE}, as in every failed job of the sweep)") from None
         sys.exit(exit_code)
 
     try:
