@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -189,8 +190,9 @@ def inference_rates(cfg, spec, network, workers: int, repeats: int,
 # ----- A3C ----------------------------------------------------------------------------------------
 
 def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> dict[str, Any]:
-    """A3C env steps/s, updates/s and mean staleness over `repeats` runs of `total_steps`."""
-    steps, updates, staleness = [], [], []
+    """A3C env steps/s, updates/s and mean staleness over `repeats` runs of `total_steps`, and
+    the CPU the workers spent: cores used (process CPU time / wall time) and CPU µs per update."""
+    steps, updates, staleness, cores, cpu_per_update = [], [], [], [], []
     for r in range(repeats):
         cfg = compose_config(["algo=a3c", f"workers={workers}", f"algo.update={mode}",
                               f"rollout_length={ROLLOUT}", f"total_steps={total_steps}",
@@ -198,21 +200,25 @@ def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> d
         spec = make_env(cfg.env.name)
         trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
         a3c.compile_learner(trainer)
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         trainer.run_to_completion()
-        elapsed = time.perf_counter() - start
+        cpu, elapsed = time.process_time() - cpu, time.perf_counter() - start
         records = trainer.server.drain_records()
         steps.append(trainer.progress.env_steps / elapsed)
         updates.append(len(records) / elapsed)
         staleness.append(float(np.mean([rec.staleness for rec in records])))
+        cores.append(cpu / elapsed)
+        cpu_per_update.append(cpu / len(records) * 1e6)
     return {"workers": workers, "update": mode, "steps_per_second": spread(steps),
-            "updates_per_second": spread(updates), "staleness_mean": spread(staleness)}
+            "updates_per_second": spread(updates), "staleness_mean": spread(staleness),
+            "cores_used": spread(cores), "cpu_us_per_update": spread(cpu_per_update)}
 
 
 def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str, Any]:
     """The most A3C env steps/s this machine gives `workers` threads: each thread only calls the
     workers' jitted rollout-and-gradient back to back (no parameter server, no bookkeeping).
-    Also the CPU cores the process used meanwhile (process CPU time / wall time)."""
+    Also the CPU the process used meanwhile: cores (process CPU time / wall time) and CPU µs per
+    call."""
     cfg = compose_config(["algo=a3c", f"workers={workers}", f"rollout_length={ROLLOUT}",
                           "compilation_cache_dir=null"])
     spec = make_env(cfg.env.name)
@@ -236,14 +242,16 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
         return calls_per_thread * workers * ROLLOUT
 
     n = calibrate(run, seconds)
-    rates, cores = [], []
+    rates, cores, cpu_per_call = [], [], []
     for _ in range(repeats):
         cpu, wall = time.process_time(), time.perf_counter()
         steps = run(n)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         rates.append(steps / wall)
         cores.append(cpu / wall)
-    return {"workers": workers, "steps_per_second": spread(rates), "cores_used": spread(cores)}
+        cpu_per_call.append(cpu / (n * workers) * 1e6)
+    return {"workers": workers, "steps_per_second": spread(rates), "cores_used": spread(cores),
+            "cpu_us_per_call": spread(cpu_per_call)}
 
 
 # ----- time to solve ------------------------------------------------------------------------------
@@ -310,18 +318,32 @@ def report(results: dict[str, Any]) -> str:
     if results.get("a3c"):
         lines += ["", "A3C (CartPole-v1, 1 env per worker, rollout_length 5)",
                   f"{'update':<9}{'workers':>8}  {'env steps/s':<28}{'updates/s':<26}"
-                  f"{'staleness':>9}"]
+                  f"{'staleness':>9}  {'CPU cores used':<20}{'CPU µs/update':>13}"]
         for r in results["a3c"]:
             lines.append(f"{r['update']:<9}{r['workers']:>8}  "
                          f"{_fmt_spread(r['steps_per_second']):<28}"
                          f"{_fmt_spread(r['updates_per_second']):<26}"
-                         f"{r['staleness_mean']['median']:>9.2f}")
+                         f"{r['staleness_mean']['median']:>9.2f}  "
+                         f"{_fmt_spread(r['cores_used'], 2):<20}"
+                         f"{r['cpu_us_per_update']['median']:>13,.0f}")
+        single = [r for r in results["a3c"] if r["workers"] == 1]
+        if single:  # a second worker can only use the CPU the first one leaves idle
+            bound = (os.cpu_count() or 1) / single[0]["cores_used"]["median"]
+            lines.append(f"one worker already uses {single[0]['cores_used']['median']:.2f} of "
+                         f"{os.cpu_count()} cores: more workers can give at most {bound:.2f}x its "
+                         f"steps/s at the same CPU cost per update")
     if results.get("a3c_ceiling"):
         lines += ["", "A3C ceiling: each thread only calls the workers' jitted rollout+gradient",
-                  f"{'threads':>7}  {'env steps/s':<28}{'CPU cores used':<20}"]
+                  f"{'threads':>7}  {'env steps/s':<28}{'CPU cores used':<20}{'CPU µs/call':>11}"]
         for r in results["a3c_ceiling"]:
             lines.append(f"{r['workers']:>7}  {_fmt_spread(r['steps_per_second']):<28}"
-                         f"{_fmt_spread(r['cores_used'], 2):<20}")
+                         f"{_fmt_spread(r['cores_used'], 2):<20}"
+                         f"{r['cpu_us_per_call']['median']:>11,.0f}")
+        cheapest = min(r["cpu_us_per_call"]["median"] for r in results["a3c_ceiling"])
+        cores = os.cpu_count() or 1
+        lines.append(f"at its cheapest ({cheapest:,.0f} CPU µs per {ROLLOUT}-step call) the "
+                     f"rollout+gradient alone caps this machine's {cores} cores at "
+                     f"{cores / cheapest * 1e6 * ROLLOUT:,.0f} env steps/s")
     if results.get("solve"):
         lines += ["", "Time to solve CartPole-v1 (last-100 mean >= 475), default presets",
                   f"{'algo':<6}{'cache':<7}{'solved':>7}  {'env steps':<30}"

@@ -25,11 +25,15 @@ def test_bench_measures_and_reports(tmp_path):
     assert [(r["update"], r["workers"]) for r in saved["a3c"]] == [
         ("locked", 1), ("locked", 2), ("hogwild", 1), ("hogwild", 2)]
     assert saved["a3c"][0]["staleness_mean"]["median"] == 0  # one worker is never stale
+    for row in saved["a3c"]:
+        assert row["cores_used"]["median"] > 0 and row["cpu_us_per_update"]["median"] > 0
     assert [r["workers"] for r in saved["a3c_ceiling"]] == [1, 2]
     for row in saved["a3c_ceiling"]:
         assert row["steps_per_second"]["median"] > 0 and row["cores_used"]["median"] > 0
+        assert row["cpu_us_per_call"]["median"] > 0
     table = (tmp_path / "bench.txt").read_text()
     assert "FLOP-bound" in table and "hogwild" in table and "A3C ceiling" in table
+    assert "more workers can give at most" in table and "alone caps this machine" in table
 
 
 def test_mlp_flop_count_matches_the_layer_sizes():
