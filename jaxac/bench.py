@@ -298,6 +298,7 @@ def _fmt_spread(s: dict[str, Any], digits: int = 0) -> str:
 
 def report(results: dict[str, Any]) -> str:
     """The human-readable table."""
+    cores = results.get("cpu_cores") or os.cpu_count() or 1  # of the measuring machine
     lines = [f"jaxac benchmark, {results['machine']}",
              f"median [min-max] of {results['repeats']} repeats", ""]
     if "matmul" in results:
@@ -328,10 +329,10 @@ def report(results: dict[str, Any]) -> str:
                          f"{r['cpu_us_per_update']['median']:>13,.0f}")
         single = [r for r in results["a3c"] if r["workers"] == 1]
         if single:  # a second worker can only use the CPU the first one leaves idle
-            bound = (os.cpu_count() or 1) / single[0]["cores_used"]["median"]
-            lines.append(f"one worker already uses {single[0]['cores_used']['median']:.2f} of "
-                         f"{os.cpu_count()} cores: more workers can give at most {bound:.2f}x its "
-                         f"steps/s at the same CPU cost per update")
+            used = single[0]["cores_used"]["median"]
+            lines.append(f"one worker already uses {used:.2f} of {cores} cores: more workers can "
+                         f"give at most {cores / used:.2f}x its steps/s at the same CPU cost "
+                         f"per update")
     if results.get("a3c_ceiling"):
         lines += ["", "A3C ceiling: each thread only calls the workers' jitted rollout+gradient",
                   f"{'threads':>7}  {'env steps/s':<28}{'CPU cores used':<20}{'CPU µs/call':>11}"]
@@ -340,7 +341,6 @@ def report(results: dict[str, Any]) -> str:
                          f"{_fmt_spread(r['cores_used'], 2):<20}"
                          f"{r['cpu_us_per_call']['median']:>11,.0f}")
         cheapest = min(r["cpu_us_per_call"]["median"] for r in results["a3c_ceiling"])
-        cores = os.cpu_count() or 1
         lines.append(f"at its cheapest ({cheapest:,.0f} CPU µs per {ROLLOUT}-step call) the "
                      f"rollout+gradient alone caps this machine's {cores} cores at "
                      f"{cores / cheapest * 1e6 * ROLLOUT:,.0f} env steps/s")
@@ -466,7 +466,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.breakout_workers:
         sizes["breakout"] = tuple(int(w) for w in args.breakout_workers.split(","))
 
-    results: dict[str, Any] = {"machine": machine_name(), "repeats": args.repeats,
+    results: dict[str, Any] = {"machine": machine_name(), "cpu_cores": os.cpu_count() or 1,
+                               "repeats": args.repeats,
                                "environment": environment_info(), "args": vars(args) | {
                                    "out": str(out)}}
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold here
