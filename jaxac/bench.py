@@ -68,6 +68,13 @@ def timed_repeats(run: Callable[[], int], repeats: int) -> list[float]:
     return rates
 
 
+def cpu_and_wall_seconds(run: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result of `run()`, process CPU seconds it took on all threads, wall seconds)."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = run()
+    return result, time.process_time() - cpu, time.perf_counter() - wall
+
+
 def calibrate(run: Callable[[int], Any], target_seconds: float, start: int = 4) -> int:
     """How many iterations `run(n)` needs to take about `target_seconds` (after a warm-up)."""
     n = start
@@ -200,9 +207,7 @@ def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> d
         spec = make_env(cfg.env.name)
         trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
         a3c.compile_learner(trainer)
-        cpu, start = time.process_time(), time.perf_counter()
-        trainer.run_to_completion()
-        cpu, elapsed = time.process_time() - cpu, time.perf_counter() - start
+        _, cpu, elapsed = cpu_and_wall_seconds(trainer.run_to_completion)
         records = trainer.server.drain_records()
         steps.append(trainer.progress.env_steps / elapsed)
         updates.append(len(records) / elapsed)
@@ -244,9 +249,7 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     n = calibrate(run, seconds)
     rates, cores, cpu_per_call = [], [], []
     for _ in range(repeats):
-        cpu, wall = time.process_time(), time.perf_counter()
-        steps = run(n)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        steps, cpu, wall = cpu_and_wall_seconds(lambda: run(n))
         rates.append(steps / wall)
         cores.append(cpu / wall)
         cpu_per_call.append(cpu / (n * workers) * 1e6)
