@@ -139,8 +139,11 @@ def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("mode", ["locked", "hogwild"])
 def test_a3c_learns_cartpole(tmp_path, mode):
-    # The preset's budget is 500k steps; these runs solve near 100k, so 250k keeps the test short.
-    overrides = ["algo=a3c", "workers=8", f"algo.update={mode}", "total_steps=250000"]
+    # The preset's 500k-step budget; these runs solve near 80-210k. Training stops once the
+    # last-100 mean reaches the threshold, because A3C on CartPole can collapse after solving;
+    # a fixed 250k budget failed once in CI (late solve or collapse: its output was truncated).
+    overrides = ["algo=a3c", "workers=8", f"algo.update={mode}", "total_steps=500000",
+                 "stop_when_solved=true"]
     summary = execute(compose_config(overrides), tmp_path)
     assert summary["solved"]["all_seeds"], summary["solved"]
     assert summary["a3c"]["update_mode"] == mode
