@@ -9,7 +9,8 @@ Measures, in one process (time-to-solve runs are subprocesses, as a user would s
   into the matrix-multiply rate measured here; training throughput as a fraction of it, and the
   inference-only rate (policy forward + env step, no learning) at each batch size;
 - A3C env steps/s and updates/s at 1, 2, 4, 8 and 16 workers in both update modes, with the mean
-  staleness;
+  staleness, the CPU they used, the most the workers' jitted calls alone reach, and XLA's fixed
+  cost per update (the two calls with their math removed);
 - wall seconds and env steps to solve CartPole-v1 (mean of the last 100 training episodes >= 475)
   for A2C and A3C with their default presets, median over seeds, with a cold and a warm JAX
   compilation cache;
@@ -234,10 +235,10 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
 
     def run(calls_per_thread: int) -> int:
         def loop(i: int) -> None:
-            envs = learner.init_envs(trainer.keys[i])
+            env_vector = learner.pack_envs(learner.init_envs(trainer.keys[i]))
             for _ in range(calls_per_thread):
-                envs, *_ = jax.block_until_ready(
-                    learner.rollout_and_gradient(snapshot, envs, entropy_coef))
+                env_vector, _ = jax.block_until_ready(
+                    learner.rollout_and_gradient(snapshot, env_vector, entropy_coef))
 
         threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
         for t in threads:
@@ -255,6 +256,54 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
         cpu_per_call.append(cpu / (n * workers) * 1e6)
     return {"workers": workers, "steps_per_second": spread(rates), "cores_used": spread(cores),
             "cpu_us_per_call": spread(cpu_per_call)}
+
+
+def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
+    """XLA's fixed cost per A3C update on this machine, on one thread.
+
+    Times the worker's two jitted calls (rollout+gradient, then the optimizer step) with the
+    arguments a worker passes, and the same two calls with their math removed: same arguments
+    (kept, so they are still handed over), same number and shapes of results (zeros). What the
+    hollow calls cost is what XLA's CPU runtime charges per execution whatever the network, and
+    every update pays it twice. Returns CPU and wall µs per call for the four.
+    """
+    cfg = compose_config(["algo=a3c", "workers=1", f"rollout_length={ROLLOUT}",
+                          "compilation_cache_dir=null"])
+    spec = make_env(cfg.env.name)
+    trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
+    a3c.compile_learner(trainer)
+    learner, server = trainer.learner, trainer.server
+    env_vector = jax.device_put(learner.pack_envs(learner.init_envs(trainer.keys[0])),
+                                trainer.device_of(0))
+    snapshot, entropy_coef = server.snapshot().vector, jnp.float32(0.0)
+    _, result = learner.rollout_and_gradient(snapshot, env_vector, entropy_coef)
+
+    def hollow(fn: Callable, *args) -> Callable:
+        shapes = jax.eval_shape(fn, *args)
+        return jax.jit(lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                       keep_unused=True)
+
+    calls = {
+        "rollout_and_gradient": (learner.rollout_and_gradient,
+                                 (snapshot, env_vector, entropy_coef)),
+        "optimizer_step": (learner.apply_update, (server.state, result, np.float32(1.0)))}
+    for name, (fn, args) in list(calls.items()):
+        calls[f"{name}_hollow"] = (hollow(fn, *args), args)
+    rows = {}
+    for name, (fn, args) in calls.items():
+        def run(n: int, fn=fn, args=args) -> int:
+            for _ in range(n):
+                jax.block_until_ready(fn(*args))
+            return n
+
+        n = calibrate(run, seconds)
+        cpu_us, wall_us = [], []
+        for _ in range(repeats):
+            _, cpu, wall = cpu_and_wall_seconds(lambda: run(n))
+            cpu_us.append(cpu / n * 1e6)
+            wall_us.append(wall / n * 1e6)
+        rows[name] = {"cpu_us_per_call": spread(cpu_us), "wall_us_per_call": spread(wall_us)}
+    return rows
 
 
 # ----- time to solve ------------------------------------------------------------------------------
@@ -347,6 +396,20 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"at its cheapest ({cheapest:,.0f} CPU µs per {ROLLOUT}-step call) the "
                      f"rollout+gradient alone caps this machine's {cores} cores at "
                      f"{cores / cheapest * 1e6 * ROLLOUT:,.0f} env steps/s")
+    if results.get("a3c_floor"):
+        floor = results["a3c_floor"]
+        lines += ["", "A3C call floor: a worker's two calls, one thread, with and without their "
+                      "math (hollow: same arguments and result shapes, zeros out)",
+                  f"{'call':<22}{'CPU µs/call':<26}{'wall µs/call':<26}"]
+        for name, r in floor.items():
+            lines.append(f"{name:<22}{_fmt_spread(r['cpu_us_per_call']):<26}"
+                         f"{_fmt_spread(r['wall_us_per_call']):<26}")
+        calls = ("rollout_and_gradient", "optimizer_step")
+        total = sum(floor[c]["cpu_us_per_call"]["median"] for c in calls)
+        fixed = sum(floor[f"{c}_hollow"]["cpu_us_per_call"]["median"] for c in calls)
+        lines.append(f"an update's two calls cost {total:,.0f} CPU µs: XLA's fixed cost is "
+                     f"{fixed:,.0f} of it, the math (a few hundred small kernels) the other "
+                     f"{total - fixed:,.0f}")
     if results.get("solve"):
         lines += ["", "Time to solve CartPole-v1 (last-100 mean >= 475), default presets",
                   f"{'algo':<6}{'cache':<7}{'solved':>7}  {'env steps':<30}"
@@ -496,6 +559,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{row['steps_per_second']['median']:,.0f} steps/s", flush=True)
         results["a3c_ceiling"] = [a3c_compute_ceiling(w, args.repeats, args.seconds)
                                   for w in a3c_workers]
+        results["a3c_floor"] = a3c_call_floor(args.repeats, args.seconds)
     if "solve" in sections:
         with tempfile.TemporaryDirectory() as tmp:
             results["solve"] = [time_to_solve(algo, args.solve_seeds, Path(tmp))

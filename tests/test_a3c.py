@@ -28,8 +28,8 @@ def replay(trainer):
     params_key, _ = a3c.worker_keys(0, len(trainer.threads))
     state = learner.init_state(params_key).copy()
     n = learner.n_params
-    for _, grads, observed, scale in trainer.server.history:
-        out = np.asarray(learner.apply_update(state[n:], grads, observed, np.float32(scale)))
+    for _, result, scale in trainer.server.history:
+        out = np.asarray(learner.apply_update(state, result, np.float32(scale)))
         state[:n] += out[:n]
         state[n:] = out[n:]
     return state
@@ -153,3 +153,20 @@ def test_a3c_learns_cartpole(tmp_path, mode):
                 "worker_env_steps", "interleaved_updates"):
         assert key in lines[-1]
     assert sum(lines[-1]["staleness_histogram"].values()) > 0
+
+
+def test_flat_layout_round_trips_every_leaf_exactly():
+    tree = {"x": np.array([1.5, -0.0, np.inf], np.float32), "count": np.array(2**31 - 1, np.int32),
+            "key": np.array([[0xFFFFFFFF, 7]], np.uint32), "alive": np.array([True, False]),
+            "lives": np.array([3, 255], np.uint8)}
+    layout = a3c.FlatLayout(tree)
+    vector = layout.pack(tree)
+    assert vector.dtype == np.float32 and vector.shape == (layout.size,) == (10,)
+    back = jax.device_get(layout.unpack(vector))
+    for name, leaf in tree.items():
+        assert back[name].dtype == leaf.dtype, name
+        np.testing.assert_array_equal(back[name], leaf)
+    # a template of shapes and dtypes (as A3C builds the environment layout) gives the same layout
+    shapes = a3c.FlatLayout(jax.eval_shape(lambda: tree))
+    assert shapes.dtypes == layout.dtypes and shapes.shapes == layout.shapes
+

@@ -31,8 +31,15 @@ def test_bench_measures_and_reports(tmp_path):
     for row in saved["a3c_ceiling"]:
         assert row["steps_per_second"]["median"] > 0 and row["cores_used"]["median"] > 0
         assert row["cpu_us_per_call"]["median"] > 0
+    floor = saved["a3c_floor"]
+    for call in ("rollout_and_gradient", "optimizer_step"):
+        # removing the math can only make a call cheaper, and what is left still costs something
+        assert 0 < floor[f"{call}_hollow"]["cpu_us_per_call"]["min"]
+        assert (floor[f"{call}_hollow"]["cpu_us_per_call"]["median"]
+                < floor[call]["cpu_us_per_call"]["median"] * 1.5)
     table = (tmp_path / "bench.txt").read_text()
     assert "FLOP-bound" in table and "hogwild" in table and "A3C ceiling" in table
+    assert "XLA's fixed cost is" in table
     assert "more workers can give at most" in table and "alone caps this machine" in table
 
 
