@@ -16,9 +16,11 @@ and writes back the new optimizer statistics.
 
 Update modes (`algo.update`):
 
-- `locked`: pulling a snapshot and applying an update are short critical sections under one lock.
-  No update is ever lost or overlapped: the version equals the number of gradients applied, and
-  the parameters equal the sequential application of the updates in the lock's order.
+- `locked`: applying an update is a short critical section under one lock, and each applier
+  then publishes a read-only copy of [parameters | statistics] with its version, which workers
+  pull without the lock. No update is ever lost or overlapped: the version equals the number of
+  gradients applied, and the parameters equal the sequential application of the updates in the
+  lock's order. (Pulling under the lock too left 16 workers waiting on it a quarter of the time.)
 - `hogwild`: no lock anywhere, as in the A3C paper. Parameter deltas are added in place, so every
   update lands (none is lost), but two updates whose read-compute-write windows overlap interleave:
   each was computed from optimizer statistics the other was about to change, the later write of
@@ -274,6 +276,7 @@ class ParameterServer:
         # Updates applied so far. Taken from an atomic counter; under hogwild a thread switch
         # between taking the number and storing it can make it lag by a concurrent write or two.
         self.version = 0
+        self._publish()
         # Appended by workers, drained by the monitor (deque operations are atomic).
         self.records: collections.deque[UpdateRecord] = collections.deque()
         # For tests: (record, result vector, scale) in the order updates were applied.
@@ -292,10 +295,21 @@ class ParameterServer:
     def opt_state(self) -> Any:
         return self.learner.opt_layout.unpack(jnp.asarray(self.state[self._n_snapshot:]))
 
+    def _publish(self) -> None:
+        """Locked mode: make the current parameters and statistics the snapshot workers pull
+        (call with the lock held, or before the workers start). Replacing the reference is
+        atomic, and a published copy is never written again."""
+        if self.mode == "locked":
+            vector = self.state[:self._n_snapshot].copy()
+            vector.flags.writeable = False
+            self._published = Snapshot(vector, self.version)
+
     def snapshot(self) -> Snapshot:
-        """Copy the current parameters and statistics (consistent in locked mode)."""
-        with self._lock:
-            return Snapshot(self.state[:self._n_snapshot].copy(), self.version)
+        """The current parameters and statistics: in locked mode the last published copy (one
+        consistent version, no waiting), under hogwild a copy of the live vector."""
+        if self.mode == "locked":
+            return self._published
+        return Snapshot(self.state[:self._n_snapshot].copy(), self.version)
 
     def apply(self, worker: int, snapshot_version: int, result: jax.Array,
               diagnostics: np.ndarray) -> UpdateRecord:
@@ -319,6 +333,7 @@ class ParameterServer:
             np.add(self.state[:n], out[:n], out=self.state[:n])  # parameters: add the delta
             np.copyto(self.state[n:], out[n:])  # statistics: replace
             self.version = version = next(self._versions)
+            self._publish()
             record = UpdateRecord(worker, snapshot_version, base_version,
                                   version - 1 != base_version, *map(float, diagnostics))
             self.records.append(record)
@@ -335,6 +350,7 @@ class ParameterServer:
         np.copyto(self.state, state)
         self.version = version
         self._versions = itertools.count(version + 1)
+        self._publish()
 
 
 class SharedProgress:

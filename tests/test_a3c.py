@@ -170,3 +170,17 @@ def test_flat_layout_round_trips_every_leaf_exactly():
     shapes = a3c.FlatLayout(jax.eval_shape(lambda: tree))
     assert shapes.dtypes == layout.dtypes and shapes.shapes == layout.shapes
 
+
+
+def test_locked_snapshot_is_the_published_read_only_copy_of_the_last_applied_version():
+    _, trainer = make_trainer(["workers=4", "total_steps=2000"])
+    server = trainer.server
+    before = server.snapshot()
+    assert before.version == 0 and not before.vector.flags.writeable
+    trainer.run_to_completion()
+    after = server.snapshot()
+    assert after.version == server.version == 2000 // 5
+    np.testing.assert_array_equal(after.vector, server.state[:trainer.learner.n_snapshot])
+    assert not np.array_equal(after.vector, before.vector)  # the old copy was left as it was
+    _, hogwild = make_trainer(["workers=2", "total_steps=500", "algo.update=hogwild"])
+    assert hogwild.server.snapshot().vector.flags.writeable  # hogwild copies the live vector
