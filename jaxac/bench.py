@@ -400,9 +400,9 @@ def report(results: dict[str, Any]) -> str:
         floor = results["a3c_floor"]
         lines += ["", "A3C call floor: a worker's two calls, one thread, with and without their "
                       "math (hollow: same arguments and result shapes, zeros out)",
-                  f"{'call':<22}{'CPU µs/call':<26}{'wall µs/call':<26}"]
+                  f"{'call':<29}{'CPU µs/call':<26}{'wall µs/call':<26}"]
         for name, r in floor.items():
-            lines.append(f"{name:<22}{_fmt_spread(r['cpu_us_per_call']):<26}"
+            lines.append(f"{name:<29}{_fmt_spread(r['cpu_us_per_call']):<26}"
                          f"{_fmt_spread(r['wall_us_per_call']):<26}")
         calls = ("rollout_and_gradient", "optimizer_step")
         total = sum(floor[c]["cpu_us_per_call"]["median"] for c in calls)
