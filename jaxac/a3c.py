@@ -422,13 +422,16 @@ class A3CTrainer:
             self.failures.append(WorkerFailed(i, traceback.format_exc()))
             self.stop()
 
+    def initial_env_vector(self, worker: int) -> jax.Array:
+        """The worker's packed starting environments (restored or fresh from its key), committed
+        to its device: the jitted calls run where their inputs live."""
+        envs = (self.initial_envs[worker] if self.initial_envs is not None
+                else self.learner.init_envs(self.keys[worker]))
+        return jax.device_put(self.learner.pack_envs(envs), self.device_of(worker))
+
     def _worker_loop(self, i: int) -> None:
-        device = self.device_of(i)
         learner, server, shared = self.learner, self.server, self.progress
-        envs = (self.initial_envs[i] if self.initial_envs is not None
-                else learner.init_envs(self.keys[i]))
-        # committed to the worker's device: the jitted calls run where their inputs live
-        env_vector = self.worker_envs[i] = jax.device_put(learner.pack_envs(envs), device)
+        env_vector = self.worker_envs[i] = self.initial_env_vector(i)
         entropy_coef = jnp.float32(self.entropy_coefs[i])
         while not self.stop_event.is_set():
             if self._pause.is_set():
@@ -566,10 +569,8 @@ def compile_learner(trainer: A3CTrainer) -> float:
     environment state, numpy snapshot), before any worker starts; returns the seconds."""
     start = time.perf_counter()
     learner, server = trainer.learner, trainer.server
-    env_vector = jax.device_put(learner.pack_envs(learner.init_envs(trainer.keys[0])),
-                                trainer.device_of(0))
-    _, result = learner.rollout_and_gradient(server.snapshot().vector, env_vector,
-                                             jnp.float32(0.0))
+    _, result = learner.rollout_and_gradient(server.snapshot().vector,
+                                             trainer.initial_env_vector(0), jnp.float32(0.0))
     jax.block_until_ready(learner.apply_update(server.state, result, np.float32(1.0)))
     return time.perf_counter() - start
 

@@ -235,7 +235,7 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
 
     def run(calls_per_thread: int) -> int:
         def loop(i: int) -> None:
-            env_vector = learner.pack_envs(learner.init_envs(trainer.keys[i]))
+            env_vector = trainer.initial_env_vector(i)
             for _ in range(calls_per_thread):
                 env_vector, _ = jax.block_until_ready(
                     learner.rollout_and_gradient(snapshot, env_vector, entropy_coef))
@@ -273,8 +273,7 @@ def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
     trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
     a3c.compile_learner(trainer)
     learner, server = trainer.learner, trainer.server
-    env_vector = jax.device_put(learner.pack_envs(learner.init_envs(trainer.keys[0])),
-                                trainer.device_of(0))
+    env_vector = trainer.initial_env_vector(0)
     snapshot, entropy_coef = server.snapshot().vector, jnp.float32(0.0)
     _, result = learner.rollout_and_gradient(snapshot, env_vector, entropy_coef)
 
