@@ -152,7 +152,10 @@ def test_a3c_learns_cartpole(tmp_path, mode):
     for key in ("staleness_mean", "staleness_max", "staleness_histogram", "updates_per_second",
                 "worker_env_steps", "interleaved_updates"):
         assert key in lines[-1]
-    assert sum(lines[-1]["staleness_histogram"].values()) > 0
+    # every applied update is counted in exactly one log line's histogram (the last line alone
+    # may hold none: a worker's record can be drained just before its step count is added)
+    assert (sum(sum(line["staleness_histogram"].values()) for line in lines)
+            == summary["a3c"]["updates_applied"] > 0)
 
 
 def test_flat_layout_round_trips_every_leaf_exactly():
