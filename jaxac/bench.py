@@ -197,17 +197,23 @@ def inference_rates(cfg, spec, network, workers: int, repeats: int,
 
 # ----- A3C ----------------------------------------------------------------------------------------
 
+def compiled_a3c_trainer(workers: int, *overrides: str) -> a3c.A3CTrainer:
+    """An A3C trainer on CartPole-v1 (rollout_length 5, no compilation cache), compiled, its
+    workers not yet started."""
+    cfg = compose_config(["algo=a3c", f"workers={workers}", f"rollout_length={ROLLOUT}",
+                          "compilation_cache_dir=null", *overrides])
+    spec = make_env(cfg.env.name)
+    trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
+    a3c.compile_learner(trainer)
+    return trainer
+
 def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> dict[str, Any]:
     """A3C env steps/s, updates/s and mean staleness over `repeats` runs of `total_steps`, and
     the CPU the workers spent: cores used (process CPU time / wall time) and CPU µs per update."""
     steps, updates, staleness, cores, cpu_per_update = [], [], [], [], []
     for r in range(repeats):
-        cfg = compose_config(["algo=a3c", f"workers={workers}", f"algo.update={mode}",
-                              f"rollout_length={ROLLOUT}", f"total_steps={total_steps}",
-                              f"seed={r}", "compilation_cache_dir=null"])
-        spec = make_env(cfg.env.name)
-        trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
-        a3c.compile_learner(trainer)
+        trainer = compiled_a3c_trainer(workers, f"algo.update={mode}",
+                                       f"total_steps={total_steps}", f"seed={r}")
         _, cpu, elapsed = cpu_and_wall_seconds(trainer.run_to_completion)
         records = trainer.server.drain_records()
         steps.append(trainer.progress.env_steps / elapsed)
@@ -225,11 +231,7 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     workers' jitted rollout-and-gradient back to back (no parameter server, no bookkeeping).
     Also the CPU the process used meanwhile: cores (process CPU time / wall time) and CPU µs per
     call."""
-    cfg = compose_config(["algo=a3c", f"workers={workers}", f"rollout_length={ROLLOUT}",
-                          "compilation_cache_dir=null"])
-    spec = make_env(cfg.env.name)
-    trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
-    a3c.compile_learner(trainer)
+    trainer = compiled_a3c_trainer(workers)
     learner, snapshot = trainer.learner, trainer.server.snapshot().vector
     entropy_coef = jnp.float32(0.0)
 
@@ -267,11 +269,7 @@ def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
     hollow calls cost is what XLA's CPU runtime charges per execution whatever the network, and
     every update pays it twice. Returns CPU and wall µs per call for the four.
     """
-    cfg = compose_config(["algo=a3c", "workers=1", f"rollout_length={ROLLOUT}",
-                          "compilation_cache_dir=null"])
-    spec = make_env(cfg.env.name)
-    trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices())
-    a3c.compile_learner(trainer)
+    trainer = compiled_a3c_trainer(1)
     learner, server = trainer.learner, trainer.server
     env_vector = trainer.initial_env_vector(0)
     snapshot, entropy_coef = server.snapshot().vector, jnp.float32(0.0)

@@ -174,7 +174,6 @@ def test_flat_layout_round_trips_every_leaf_exactly():
     assert shapes.dtypes == layout.dtypes and shapes.shapes == layout.shapes
 
 
-
 def test_locked_snapshot_is_the_published_read_only_copy_of_the_last_applied_version():
     _, trainer = make_trainer(["workers=4", "total_steps=2000"])
     server = trainer.server
