@@ -120,7 +120,11 @@ def flops(fn: Callable, *args) -> float:
 
 def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float]:
     """FLOPs of one training env step: the rollout's policy forward pass per step, plus the
-    loss's forward and backward pass over a [rollout, workers] trajectory, per env step."""
+    loss's forward and backward pass over a [rollout, workers] trajectory, per env step.
+
+    Acting needs only the policy: the rollout never evaluates the value head (XLA drops it), so
+    its forward pass is counted without it, as compiled. With the MLP's separate critic stream
+    that is about half the network's full forward pass."""
     from jaxac.config import loss_config
     from jaxac.envs import reset_envs
 
@@ -131,7 +135,7 @@ def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float
     _, traj = jax.jit(lambda p, e: core.rollout(network.apply, p, stats, e, spec, ROLLOUT,
                                                 loss.normalize_obs))(params, envs)
     obs = jnp.zeros((workers,) + spec.obs_shape)
-    forward = flops(lambda p, o: network.apply(p, o), params, obs)
+    forward = flops(lambda p, o: network.apply(p, o)[0], params, obs)  # the policy only
     backward = flops(lambda p, t: core.gradients(p, network.apply, stats, t, loss), params, traj)
     steps = ROLLOUT * workers
     return {"forward_per_step": forward / workers, "loss_and_grad_per_step": backward / steps,
@@ -227,37 +231,56 @@ def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> d
 
 
 def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str, Any]:
-    """The most A3C env steps/s this machine gives `workers` threads: each thread only calls the
-    workers' jitted rollout-and-gradient back to back (no parameter server, no bookkeeping).
-    Also the CPU the process used meanwhile: cores (process CPU time / wall time) and CPU µs per
-    call."""
+    """The most A3C env steps/s this machine gives `workers` threads that do an A3C worker's
+    XLA work and nothing else: no parameter server, no lock, no bookkeeping.
+
+    Two variants, each with the CPU the process used meanwhile (cores = process CPU time / wall
+    time, and CPU µs per update):
+    - "rollout_and_gradient": each thread only calls the workers' jitted rollout-and-gradient,
+      back to back;
+    - "with_optimizer_step": each thread also runs the optimizer-step call on the result and
+      adds it into its own private copy of the shared state, as `ParameterServer.apply` does.
+      This is everything an update must do, so it bounds any orchestration of these calls.
+    """
     trainer = compiled_a3c_trainer(workers)
-    learner, snapshot = trainer.learner, trainer.server.snapshot().vector
-    entropy_coef = jnp.float32(0.0)
+    learner, server = trainer.learner, trainer.server
+    snapshot, entropy_coef, n_params = server.snapshot().vector, jnp.float32(0.0), learner.n_params
 
-    def run(calls_per_thread: int) -> int:
-        def loop(i: int) -> None:
-            env_vector = trainer.initial_env_vector(i)
-            for _ in range(calls_per_thread):
-                env_vector, _ = jax.block_until_ready(
-                    learner.rollout_and_gradient(snapshot, env_vector, entropy_coef))
+    def worker_work(i: int, updates: int, optimizer_step: bool) -> None:
+        env_vector, state = trainer.initial_env_vector(i), server.state.copy()
+        for _ in range(updates):
+            env_vector, result = learner.rollout_and_gradient(snapshot, env_vector, entropy_coef)
+            if not optimizer_step:
+                jax.block_until_ready(result)
+                continue
+            learner.read_report(np.asarray(result))
+            out = np.asarray(learner.apply_update(state, result, np.float32(1.0)))
+            state[:n_params] += out[:n_params]
+            state[n_params:] = out[n_params:]
 
-        threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return calls_per_thread * workers * ROLLOUT
+    rows: dict[str, Any] = {"workers": workers}
+    for variant, optimizer_step in (("rollout_and_gradient", False),
+                                    ("with_optimizer_step", True)):
+        def run(updates_per_thread: int, optimizer_step=optimizer_step) -> int:
+            threads = [threading.Thread(target=worker_work,
+                                        args=(i, updates_per_thread, optimizer_step))
+                       for i in range(workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return updates_per_thread * workers * ROLLOUT
 
-    n = calibrate(run, seconds)
-    rates, cores, cpu_per_call = [], [], []
-    for _ in range(repeats):
-        steps, cpu, wall = cpu_and_wall_seconds(lambda: run(n))
-        rates.append(steps / wall)
-        cores.append(cpu / wall)
-        cpu_per_call.append(cpu / (n * workers) * 1e6)
-    return {"workers": workers, "steps_per_second": spread(rates), "cores_used": spread(cores),
-            "cpu_us_per_call": spread(cpu_per_call)}
+        n = calibrate(run, seconds)
+        rates, cores, cpu_per_update = [], [], []
+        for _ in range(repeats):
+            steps, cpu, wall = cpu_and_wall_seconds(lambda: run(n))
+            rates.append(steps / wall)
+            cores.append(cpu / wall)
+            cpu_per_update.append(cpu / (n * workers) * 1e6)
+        rows[variant] = {"steps_per_second": spread(rates), "cores_used": spread(cores),
+                         "cpu_us_per_update": spread(cpu_per_update)}
+    return rows
 
 
 def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
@@ -383,16 +406,31 @@ def report(results: dict[str, Any]) -> str:
                          f"give at most {cores / used:.2f}x its steps/s at the same CPU cost "
                          f"per update")
     if results.get("a3c_ceiling"):
-        lines += ["", "A3C ceiling: each thread only calls the workers' jitted rollout+gradient",
-                  f"{'threads':>7}  {'env steps/s':<28}{'CPU cores used':<20}{'CPU µs/call':>11}"]
-        for r in results["a3c_ceiling"]:
-            lines.append(f"{r['workers']:>7}  {_fmt_spread(r['steps_per_second']):<28}"
-                         f"{_fmt_spread(r['cores_used'], 2):<20}"
-                         f"{r['cpu_us_per_call']['median']:>11,.0f}")
-        cheapest = min(r["cpu_us_per_call"]["median"] for r in results["a3c_ceiling"])
+        ceiling = results["a3c_ceiling"]
+        variants = {"rollout_and_gradient": "rollout+gradient calls only",
+                    "with_optimizer_step": "+ optimizer step (whole updates)"}
+        columns = f"{'env steps/s':<24}{'CPU cores':<18}{'CPU µs/update':>14}  "
+        lines += ["", "A3C ceiling: threads that only do a worker's XLA work (no parameter "
+                      "server, no lock, no bookkeeping)",
+                  " " * 9 + "".join(f"{title:<58}" for title in variants.values()),
+                  f"{'threads':>7}  " + columns * len(variants)]
+        for r in ceiling:
+            lines.append(f"{r['workers']:>7}  " + "".join(
+                f"{_fmt_spread(r[v]['steps_per_second']):<24}"
+                f"{_fmt_spread(r[v]['cores_used'], 2):<18}"
+                f"{r[v]['cpu_us_per_update']['median']:>14,.0f}  " for v in variants))
+        cheapest = min(r["rollout_and_gradient"]["cpu_us_per_update"]["median"] for r in ceiling)
         lines.append(f"at its cheapest ({cheapest:,.0f} CPU µs per {ROLLOUT}-step call) the "
                      f"rollout+gradient alone caps this machine's {cores} cores at "
                      f"{cores / cheapest * 1e6 * ROLLOUT:,.0f} env steps/s")
+        full = {r["workers"]: r["with_optimizer_step"]["steps_per_second"]["median"]
+                for r in ceiling}
+        best, most = max(full, key=full.get), max(full)
+        line = f"whole updates top out at {full[best]:,.0f} env steps/s ({best} threads"
+        line += ")" if best == most else f"; {most} threads: {full[most]:,.0f})"
+        if 1 in full and 2 in full:
+            line += f"; 2 threads give {full[2] / full[1]:.2f}x 1 thread"
+        lines.append(line + ": no orchestration of these calls can do better here")
     if results.get("a3c_floor"):
         floor = results["a3c_floor"]
         lines += ["", "A3C call floor: a worker's two calls, one thread, with and without their "
@@ -470,8 +508,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
                       fmt="-o", color=f"C{i}", label=mode)
     ceiling = results.get("a3c_ceiling", [])
     if ceiling:
-        _errorbar(ax, [r["workers"] for r in ceiling], [r["steps_per_second"] for r in ceiling],
+        workers = [r["workers"] for r in ceiling]
+        _errorbar(ax, workers, [r["rollout_and_gradient"]["steps_per_second"] for r in ceiling],
                   fmt=":^", color="grey", label="ceiling: rollout+gradient calls only")
+        _errorbar(ax, workers, [r["with_optimizer_step"]["steps_per_second"] for r in ceiling],
+                  fmt=":v", color="black", label="ceiling: whole updates (+ optimizer step)")
     ax.set(xlabel="workers (threads)", ylabel="env steps / s", title="A3C on CartPole-v1")
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)

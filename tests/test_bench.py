@@ -29,8 +29,12 @@ def test_bench_measures_and_reports(tmp_path):
         assert row["cores_used"]["median"] > 0 and row["cpu_us_per_update"]["median"] > 0
     assert [r["workers"] for r in saved["a3c_ceiling"]] == [1, 2]
     for row in saved["a3c_ceiling"]:
-        assert row["steps_per_second"]["median"] > 0 and row["cores_used"]["median"] > 0
-        assert row["cpu_us_per_call"]["median"] > 0
+        calls, updates = row["rollout_and_gradient"], row["with_optimizer_step"]
+        for variant in (calls, updates):
+            assert variant["steps_per_second"]["median"] > 0
+            assert variant["cores_used"]["median"] > 0
+        # the optimizer step only adds work
+        assert updates["cpu_us_per_update"]["median"] > calls["cpu_us_per_update"]["median"]
     floor = saved["a3c_floor"]
     for call in ("rollout_and_gradient", "optimizer_step"):
         # removing the math can only make a call cheaper, and what is left still costs something
@@ -41,6 +45,7 @@ def test_bench_measures_and_reports(tmp_path):
     assert "FLOP-bound" in table and "hogwild" in table and "A3C ceiling" in table
     assert "XLA's fixed cost is" in table
     assert "more workers can give at most" in table and "alone caps this machine" in table
+    assert "whole updates top out at" in table and "2 threads give" in table
 
 
 def test_mlp_flop_count_matches_the_layer_sizes():
@@ -57,6 +62,27 @@ def test_mlp_flop_count_matches_the_layer_sizes():
     # two 4-64-64 towers, then 64->2 (logits) and 64->1 (value): 2 FLOPs per multiply-add
     matmul = 2 * 100 * (2 * (4 * 64 + 64 * 64) + 64 * 2 + 64 * 1)
     assert matmul <= counted < 1.5 * matmul
+
+
+def test_rollout_forward_flops_count_the_policy_only():
+    """Acting never evaluates the value head, so the FLOP-bound limit must not count it."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxac.checkpoint import network_from_config
+    from jaxac.config import compose_config
+    from jaxac.envs import make_env
+
+    cfg = compose_config([])
+    spec = make_env(cfg.env.name)
+    network = network_from_config(cfg, spec)
+    counted = bench.training_flops_per_step(cfg, spec, network, workers=16)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1,) + spec.obs_shape))
+    full = bench.flops(lambda p, o: network.apply(p, o), params, jnp.zeros((16,) + spec.obs_shape))
+    policy = 2 * (4 * 64 + 64 * 64 + 64 * 2)  # the actor tower and its logits, per observation
+    assert policy <= counted["forward_per_step"] < 1.2 * policy < full / 16
+    assert counted["total_per_step"] == (counted["forward_per_step"]
+                                         + counted["loss_and_grad_per_step"])
 
 
 def test_sb3_ratios():
