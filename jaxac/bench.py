@@ -6,8 +6,9 @@ Measures, in one process (time-to-solve runs are subprocesses, as a user would s
   512 (`rollout_length` 5), compile seconds apart from steady state;
 - the FLOP-bound limit for the same work: the floating-point operations of one training env step
   (XLA's count for the rollout's forward pass plus the loss's forward and backward pass), divided
-  into the matrix-multiply rate measured here; training throughput as a fraction of it, and the
-  inference-only rate (policy forward + env step, no learning) at each batch size;
+  into the matrix-multiply rate measured here, between each row's training repeats; training
+  throughput as a fraction of it, and the inference-only rate (policy forward + env step, no
+  learning) at each batch size;
 - A3C env steps/s and updates/s at 1, 2, 4, 8 and 16 workers in both update modes, with the mean
   staleness, the CPU they used, the most the workers' jitted calls alone reach, and XLA's fixed
   cost per update (the two calls with their math removed);
@@ -91,8 +92,9 @@ def calibrate(run: Callable[[int], Any], target_seconds: float, start: int = 4) 
 
 # ----- the machine's limit ------------------------------------------------------------------------
 
-def matmul_flops_per_second(repeats: int, size: int | None = None) -> dict[str, Any]:
-    """float32 matrix-multiply rate of the default device (FLOP/s), timed like the training."""
+def matmul_timer(size: int | None = None) -> Callable[[], float]:
+    """A calibrated measurement of the default device's float32 matrix-multiply rate: each call
+    returns one measurement in FLOP/s (about half a second of chained multiplies)."""
     size = size or (8192 if jax.default_backend() == "gpu" else 1024)
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(key_a, (size, size), jnp.float32)
@@ -106,8 +108,14 @@ def matmul_flops_per_second(repeats: int, size: int | None = None) -> dict[str, 
         x.block_until_ready()
 
     n = calibrate(run, 0.5, start=1)
-    rates = timed_repeats(lambda: (run(n), 2 * size ** 3 * n)[1], repeats)
-    return {"matrix_size": size, **spread(rates)}
+    return lambda: timed_repeats(lambda: (run(n), 2 * size ** 3 * n)[1], 1)[0]
+
+
+def matmul_flops_per_second(repeats: int, size: int | None = None) -> dict[str, Any]:
+    """float32 matrix-multiply rate of the default device (FLOP/s), timed like the training."""
+    measure = matmul_timer(size)
+    return {"matrix_size": size or (8192 if jax.default_backend() == "gpu" else 1024),
+            **spread([measure() for _ in range(repeats)])}
 
 
 def flops(fn: Callable, *args) -> float:
@@ -145,8 +153,11 @@ def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float
 # ----- A2C ----------------------------------------------------------------------------------------
 
 def a2c_throughput(env: str, workers: int, repeats: int, seconds: float,
-                   matmul_rate: float) -> dict[str, Any]:
-    """Steady-state training and inference env steps/s of A2C at one batch size."""
+                   matmul_rate: Callable[[], float]) -> dict[str, Any]:
+    """Steady-state training and inference env steps/s of A2C at one batch size, and the fraction
+    of the FLOP-bound limit. `matmul_rate()` measures the machine's matrix-multiply rate once;
+    it is measured between the training repeats, so that the limit and the training see the same
+    machine (a shared VM's speed drifts by tens of percent within minutes)."""
     cfg = compose_config([f"env={env}", f"workers={workers}", f"rollout_length={ROLLOUT}",
                           "compilation_cache_dir=null"])
     spec = make_env(cfg.env.name)
@@ -161,14 +172,18 @@ def a2c_throughput(env: str, workers: int, repeats: int, seconds: float,
         return n * trainer.steps_per_update
 
     n = calibrate(train, seconds)
-    training = timed_repeats(lambda: train(n), repeats)
+    training, matmul = [], []
+    for _ in range(repeats):
+        matmul.append(matmul_rate())
+        training += timed_repeats(lambda: train(n), 1)
 
     inference = inference_rates(cfg, spec, network, workers, repeats, seconds)
     flop = training_flops_per_step(cfg, spec, network, workers)
-    limit = matmul_rate / flop["total_per_step"]
+    limit = statistics.median(matmul) / flop["total_per_step"]
     return {"env": cfg.env.name, "workers": workers, "compile_seconds": compile_seconds,
             "train_steps_per_second": spread(training),
             "inference_steps_per_second": spread(inference),
+            "matmul_flops_per_second": spread(matmul),
             "flops": flop, "flop_bound_steps_per_second": limit,
             "fraction_of_flop_bound": statistics.median(training) / limit}
 
@@ -377,14 +392,17 @@ def report(results: dict[str, Any]) -> str:
         m = results["matmul"]
         lines.append(f"matrix multiply ({m['matrix_size']}x{m['matrix_size']} float32): "
                      f"{m['median'] / 1e9:,.1f} GFLOP/s [{m['min'] / 1e9:,.1f}-"
-                     f"{m['max'] / 1e9:,.1f}]")
+                     f"{m['max'] / 1e9:,.1f}] at the start; each A2C row's limit uses the "
+                     f"rate measured between its own training repeats (matmul column)")
     if results.get("a2c"):
         lines += ["", "A2C (rollout_length 5)",
                   f"{'env':<16}{'workers':>8}{'compile s':>10}  {'train steps/s':<30}"
-                  f"{'FLOP-bound':>12}{'fraction':>9}  {'inference steps/s':<30}"]
+                  f"{'matmul GFLOP/s':>15}{'FLOP-bound':>12}{'fraction':>9}  "
+                  f"{'inference steps/s':<30}"]
         for r in results["a2c"]:
             lines.append(f"{r['env']:<16}{r['workers']:>8}{r['compile_seconds']:>10.1f}  "
                          f"{_fmt_spread(r['train_steps_per_second']):<30}"
+                         f"{r['matmul_flops_per_second']['median'] / 1e9:>15,.1f}"
                          f"{r['flop_bound_steps_per_second']:>12,.0f}"
                          f"{r['fraction_of_flop_bound']:>9.1%}  "
                          f"{_fmt_spread(r['inference_steps_per_second']):<30}")
@@ -577,11 +595,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold here
     if "a2c" in sections:
         results["matmul"] = matmul_flops_per_second(args.repeats)
+        matmul_rate = matmul_timer()
         results["a2c"] = []
         for env, workers_list in sizes.items():
             for workers in workers_list:
-                row = a2c_throughput(env, workers, args.repeats, args.seconds,
-                                     results["matmul"]["median"])
+                row = a2c_throughput(env, workers, args.repeats, args.seconds, matmul_rate)
                 results["a2c"].append(row)
                 print(f"A2C {row['env']} workers={workers}: "
                       f"{row['train_steps_per_second']['median']:,.0f} steps/s", flush=True)

@@ -15,6 +15,9 @@ def test_bench_measures_and_reports(tmp_path):
                                                                ("Breakout-MinAtar", 8)]
     for row in saved["a2c"]:
         assert row["train_steps_per_second"]["n"] == 2
+        assert row["matmul_flops_per_second"]["n"] == 2  # measured between the training repeats
+        limit = row["matmul_flops_per_second"]["median"] / row["flops"]["total_per_step"]
+        assert abs(row["flop_bound_steps_per_second"] / limit - 1) < 1e-9
         assert row["train_steps_per_second"]["min"] <= row["train_steps_per_second"]["median"]
         assert row["compile_seconds"] > 0
         # a training step costs more FLOPs than acting, and the conv torso more than the MLP
@@ -29,12 +32,10 @@ def test_bench_measures_and_reports(tmp_path):
         assert row["cores_used"]["median"] > 0 and row["cpu_us_per_update"]["median"] > 0
     assert [r["workers"] for r in saved["a3c_ceiling"]] == [1, 2]
     for row in saved["a3c_ceiling"]:
-        calls, updates = row["rollout_and_gradient"], row["with_optimizer_step"]
-        for variant in (calls, updates):
+        for variant in (row["rollout_and_gradient"], row["with_optimizer_step"]):
+            assert variant["steps_per_second"]["n"] == 2
             assert variant["steps_per_second"]["median"] > 0
-            assert variant["cores_used"]["median"] > 0
-        # the optimizer step only adds work
-        assert updates["cpu_us_per_update"]["median"] > calls["cpu_us_per_update"]["median"]
+            assert variant["cores_used"]["median"] > 0 and variant["cpu_us_per_update"]["min"] > 0
     floor = saved["a3c_floor"]
     for call in ("rollout_and_gradient", "optimizer_step"):
         # removing the math can only make a call cheaper, and what is left still costs something
