@@ -448,7 +448,8 @@ def report(results: dict[str, Any]) -> str:
         line += ")" if best == most else f"; {most} threads: {full[most]:,.0f})"
         if 1 in full and 2 in full:
             line += f"; 2 threads give {full[2] / full[1]:.2f}x 1 thread"
-        lines.append(line + ": no orchestration of these calls can do better here")
+        lines.append(line + " (unsynchronised: at many threads, serialising the optimizer "
+                     "step, as locked mode does, can do a little better)")
     if results.get("a3c_floor"):
         floor = results["a3c_floor"]
         lines += ["", "A3C call floor: a worker's two calls, one thread, with and without their "
