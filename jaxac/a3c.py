@@ -230,6 +230,13 @@ class A3CLearner:
         done, returns, lengths = report[4:].reshape(3, self.steps_per_rollout)
         return Report(report[:4], done, returns, lengths)
 
+    def add_update(self, state: np.ndarray, out: np.ndarray) -> None:
+        """Apply an optimizer-step output (see `_apply_update`) to a state vector in place: add
+        the parameter delta, replace the statistics and the optimizer state."""
+        n = self.n_params
+        np.add(state[:n], out[:n], out=state[:n])
+        np.copyto(state[n:], out[n:])
+
     def _rollout_and_gradient(self, snapshot, env_vector, entropy_coef):
         """Roll out on the snapshot and compute its gradient: (env vector, result vector)."""
         params, obs_stats = self.split_snapshot(snapshot)
@@ -330,8 +337,7 @@ class ParameterServer:
             n = self._n_params
             if not np.isfinite(out[:n]).all():
                 raise NonFiniteUpdate(base_version + 1, 1 << GUARDED_METRICS.index("params"))
-            np.add(self.state[:n], out[:n], out=self.state[:n])  # parameters: add the delta
-            np.copyto(self.state[n:], out[n:])  # statistics: replace
+            self.learner.add_update(self.state, out)
             self.version = version = next(self._versions)
             self._publish()
             record = UpdateRecord(worker, snapshot_version, base_version,
