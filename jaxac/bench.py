@@ -223,6 +223,7 @@ def compiled_a3c_trainer(workers: int, *overrides: str) -> a3c.A3CTrainer:
     a3c.compile_learner(trainer)
     return trainer
 
+
 def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> dict[str, Any]:
     """A3C env steps/s, updates/s and mean staleness over `repeats` runs of `total_steps`, and
     the CPU the workers spent: cores used (process CPU time / wall time) and CPU µs per update."""
