@@ -545,7 +545,7 @@ def machine_name() -> str:
     device = jax.devices()[0]
     kind = getattr(device, "device_kind", device.platform)
     return (f"{info['processor']} ({info['cpu_count']} cores), JAX {info['versions']['jax']} "
-            f"on {jax.default_backend()} ({kind})")
+            f"on {jax.default_backend()} ({kind}), {info['cpu_dispatch']} CPU dispatch")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxac.cpu_dispatch import cpu_dispatch
+
 log = logging.getLogger("jaxac")
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "hydra-core", "numpy")
@@ -155,6 +157,7 @@ def environment_info() -> dict:
         "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "jax_backend": jax.default_backend(),
+        "cpu_dispatch": cpu_dispatch(),  # see jaxac/cpu_dispatch.py
         "devices": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
                     for d in devices],
     }
