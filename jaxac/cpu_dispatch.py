@@ -5,8 +5,9 @@ enqueues it, a runtime thread picks it up, and the caller sleeps until it reads 
 a long computation that costs nothing. An A3C worker, though, makes two short calls per update
 (about 150 and 50 µs), and the hand-offs and wake-ups around them cost about a third of the
 update's CPU: on the 2-core CI machine one worker used 1.42 cores and 690 CPU µs per update with
-asynchronous dispatch, 1.15 cores and 450 µs inline, and ran 10-25% more env steps per second
-(A2C, one long call per log interval, was unchanged within noise).
+asynchronous dispatch, 1.15 cores and 450 µs inline, and ran about 25% more env steps per second
+(about 10% more with 16 workers, in interleaved runs). A2C, one long call per log interval, was
+unchanged within noise.
 
 `run_cpu_computations_inline` turns asynchronous dispatch off for the CPU. It only has an effect
 before JAX creates its CPU client, so jaxac calls it on import, and it leaves the setting alone
