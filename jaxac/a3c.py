@@ -41,7 +41,6 @@ import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -88,9 +87,9 @@ class NonFiniteUpdate(RuntimeError):
         super().__init__(f"update {update}: {first_nonfinite(flags)} is not finite")
 
 
-@dataclass(frozen=True)
-class UpdateRecord:
-    """One applied update, as the metrics and the tests see it."""
+class UpdateRecord(NamedTuple):
+    """One applied update, as the metrics and the tests see it. (A NamedTuple: made once per
+    update under the lock, and a frozen dataclass costs several times as much to build.)"""
 
     worker: int
     snapshot_version: int
@@ -230,12 +229,18 @@ class A3CLearner:
         done, returns, lengths = report[4:].reshape(3, self.steps_per_rollout)
         return Report(report[:4], done, returns, lengths)
 
+    @staticmethod
+    def step_is_finite(out: np.ndarray) -> bool:
+        """Whether every element of an optimizer-step output's parameter delta is finite (the
+        flag `_apply_update` computes in the same call, cheaper than scanning on the host)."""
+        return bool(out[-1])
+
     def add_update(self, state: np.ndarray, out: np.ndarray) -> None:
         """Apply an optimizer-step output (see `_apply_update`) to a state vector in place: add
         the parameter delta, replace the statistics and the optimizer state."""
         n = self.n_params
         np.add(state[:n], out[:n], out=state[:n])
-        np.copyto(state[n:], out[n:])
+        np.copyto(state[n:], out[n:-1])
 
     def _rollout_and_gradient(self, snapshot, env_vector, entropy_coef):
         """Roll out on the snapshot and compute its gradient: (env vector, result vector)."""
@@ -256,15 +261,18 @@ class A3CLearner:
 
     def _apply_update(self, state, result, scale):
         """From the shared state vector and a worker's result vector, compute
-        [parameter delta | new observation statistics | new optimizer state]."""
+        [parameter delta | new observation statistics | new optimizer state | 1.0 if every
+        element of the delta is finite, else 0.0]."""
         n, n_snapshot = self.n_params, self.n_snapshot
         obs_stats = self.stats_layout.unpack(state[n:n_snapshot])
         opt_state = self.opt_layout.unpack(state[n_snapshot:])
         delta, opt_state = self.tx.update(result[:n], opt_state)
         observed = result[n:n + self.n_observed].reshape((-1,) + self.spec.obs_shape)
         obs_stats = update_obs_stats(obs_stats, observed, self.loss.normalize_obs)
-        return jnp.concatenate([delta * scale, self.stats_layout.pack(obs_stats),
-                                self.opt_layout.pack(opt_state)])
+        delta = delta * scale
+        return jnp.concatenate([delta, self.stats_layout.pack(obs_stats),
+                                self.opt_layout.pack(opt_state),
+                                jnp.isfinite(delta).all().astype(jnp.float32)[None]])
 
 
 class ParameterServer:
@@ -326,22 +334,23 @@ class ParameterServer:
         `diagnostics` = [policy loss, value loss, entropy, gradient norm]. Raises NonFiniteUpdate,
         leaving the shared state untouched, if any of them or the parameter step is not finite.
         """
-        bad = ~np.isfinite(diagnostics)
-        if bad.any():
-            raise NonFiniteUpdate(self.version + 1, sum(1 << i for i in np.flatnonzero(bad)))
+        # Plain floats: numpy calls on 4 elements cost more here than the Python ones.
+        losses = diagnostics.tolist()
+        if not all(map(math.isfinite, losses)):
+            raise NonFiniteUpdate(self.version + 1, sum(
+                1 << i for i, x in enumerate(losses) if not math.isfinite(x)))
         with self._lock:
             base_version = self.version
             staleness = base_version - snapshot_version
             scale = 1.0 / (1.0 + staleness) if self.staleness_lr else 1.0
             out = np.asarray(self.learner.apply_update(self.state, result, np.float32(scale)))
-            n = self._n_params
-            if not np.isfinite(out[:n]).all():
+            if not self.learner.step_is_finite(out):
                 raise NonFiniteUpdate(base_version + 1, 1 << GUARDED_METRICS.index("params"))
             self.learner.add_update(self.state, out)
             self.version = version = next(self._versions)
             self._publish()
             record = UpdateRecord(worker, snapshot_version, base_version,
-                                  version - 1 != base_version, *map(float, diagnostics))
+                                  version - 1 != base_version, *losses)
             self.records.append(record)
             if self.history is not None:
                 self.history.append((record, result, scale))
@@ -452,15 +461,16 @@ class A3CTrainer:
             server.apply(i, snap.version, result, report.diagnostics)
             self.worker_envs[i] = env_vector
             shared.worker_steps[i] += shared.steps_per_rollout
-            ended = report.done > 0
-            self._record_episodes(report.returns[ended], report.lengths[ended])
+            ended = np.flatnonzero(report.done)
+            if ended.size:  # most rollouts end no episode
+                self._record_episodes(report.returns[ended], report.lengths[ended])
 
     def _record_episodes(self, returns: np.ndarray, lengths: np.ndarray) -> None:
         shared = self.progress
         for ret, length in zip(returns, lengths):
             shared.recent.append(float(ret))
             shared.interval_episodes.append((float(ret), int(length)))
-        if (len(returns) and self.threshold is not None and shared.solved_env_steps is None
+        if (self.threshold is not None and shared.solved_env_steps is None
                 and len(shared.recent) == WINDOW and np.mean(shared.recent) >= self.threshold):
             shared.solved_env_steps = shared.env_steps
             shared.solved_time = time.perf_counter()

@@ -27,11 +27,9 @@ def replay(trainer):
     learner = trainer.learner
     params_key, _ = a3c.worker_keys(0, len(trainer.threads))
     state = learner.init_state(params_key).copy()
-    n = learner.n_params
     for _, result, scale in trainer.server.history:
-        out = np.asarray(learner.apply_update(state, result, np.float32(scale)))
-        state[:n] += out[:n]
-        state[n:] = out[n:]
+        learner.add_update(state, np.asarray(learner.apply_update(state, result,
+                                                                  np.float32(scale))))
     return state
 
 
