@@ -166,12 +166,13 @@ class FlatLayout:
 
 
 class Report(NamedTuple):
-    """What a worker reads back from one rollout-and-gradient call, on the host."""
+    """What a worker reads back from one rollout-and-gradient call, as plain Python values.
 
-    diagnostics: np.ndarray  # [policy loss, value loss, entropy, gradient norm]
-    done: np.ndarray  # [T*E] 1.0 where an episode ended
-    returns: np.ndarray  # [T*E] the finished episode's return where one ended
-    lengths: np.ndarray  # [T*E]
+    Read with one `tolist` of the result's tail: right after an XLA call, when the CPU caches
+    are cold, every numpy call costs several µs, and a worker would otherwise make a dozen."""
+
+    diagnostics: list[float]  # [policy loss, value loss, entropy, gradient norm]
+    episodes: list[tuple[float, int]]  # (return, length) of each episode that ended
 
 
 class A3CLearner:
@@ -225,9 +226,10 @@ class A3CLearner:
 
     def read_report(self, result: np.ndarray) -> Report:
         """The host-side part of a result vector (see the class docstring)."""
-        report = result[self.n_params + self.n_observed:]
-        done, returns, lengths = report[4:].reshape(3, self.steps_per_rollout)
-        return Report(report[:4], done, returns, lengths)
+        tail = result[self.n_params + self.n_observed:].tolist()
+        k = self.steps_per_rollout
+        done, returns, lengths = tail[4:4 + k], tail[4 + k:4 + 2 * k], tail[4 + 2 * k:]
+        return Report(tail[:4], [(returns[j], int(lengths[j])) for j in range(k) if done[j]])
 
     @staticmethod
     def step_is_finite(out: np.ndarray) -> bool:
@@ -327,18 +329,16 @@ class ParameterServer:
         return Snapshot(self.state[:self._n_snapshot].copy(), self.version)
 
     def apply(self, worker: int, snapshot_version: int, result: jax.Array,
-              diagnostics: np.ndarray) -> UpdateRecord:
+              diagnostics: list[float]) -> UpdateRecord:
         """Apply the gradient in one worker's result vector to the shared state (under the lock
         in locked mode).
 
         `diagnostics` = [policy loss, value loss, entropy, gradient norm]. Raises NonFiniteUpdate,
         leaving the shared state untouched, if any of them or the parameter step is not finite.
         """
-        # Plain floats: numpy calls on 4 elements cost more here than the Python ones.
-        losses = diagnostics.tolist()
-        if not all(map(math.isfinite, losses)):
+        if not all(map(math.isfinite, diagnostics)):
             raise NonFiniteUpdate(self.version + 1, sum(
-                1 << i for i, x in enumerate(losses) if not math.isfinite(x)))
+                1 << i for i, x in enumerate(diagnostics) if not math.isfinite(x)))
         with self._lock:
             base_version = self.version
             staleness = base_version - snapshot_version
@@ -350,7 +350,7 @@ class ParameterServer:
             self.version = version = next(self._versions)
             self._publish()
             record = UpdateRecord(worker, snapshot_version, base_version,
-                                  version - 1 != base_version, *losses)
+                                  version - 1 != base_version, *diagnostics)
             self.records.append(record)
             if self.history is not None:
                 self.history.append((record, result, scale))
@@ -461,15 +461,14 @@ class A3CTrainer:
             server.apply(i, snap.version, result, report.diagnostics)
             self.worker_envs[i] = env_vector
             shared.worker_steps[i] += shared.steps_per_rollout
-            ended = np.flatnonzero(report.done)
-            if ended.size:  # most rollouts end no episode
-                self._record_episodes(report.returns[ended], report.lengths[ended])
+            if report.episodes:  # most rollouts end none
+                self._record_episodes(report.episodes)
 
-    def _record_episodes(self, returns: np.ndarray, lengths: np.ndarray) -> None:
+    def _record_episodes(self, episodes: list[tuple[float, int]]) -> None:
         shared = self.progress
-        for ret, length in zip(returns, lengths):
-            shared.recent.append(float(ret))
-            shared.interval_episodes.append((float(ret), int(length)))
+        for episode in episodes:
+            shared.recent.append(episode[0])
+            shared.interval_episodes.append(episode)
         if (self.threshold is not None and shared.solved_env_steps is None
                 and len(shared.recent) == WINDOW and np.mean(shared.recent) >= self.threshold):
             shared.solved_env_steps = shared.env_steps

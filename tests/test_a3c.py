@@ -115,14 +115,14 @@ def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch)
     original = a3c.A3CTrainer._record_episodes
     calls = {"n": 0}
 
-    def failing(self, returns, lengths):
+    def failing(self, *args):
         import threading
 
         if threading.current_thread().name == "a3c-worker-3":
             calls["n"] += 1
             if calls["n"] == 20:
                 raise ValueError("injected failure in worker 3")
-        return original(self, returns, lengths)
+        return original(self, *args)
 
     monkeypatch.setattr(a3c.A3CTrainer, "_record_episodes", failing)
     cfg = compose_config(["algo=a3c", "workers=8", "total_steps=50000000", "log_interval=500"])
