@@ -11,14 +11,15 @@ Each worker owns `envs_per_worker` environments (vmapped), an RNG stream derived
 
 The global parameters (raveled into one vector), the optimizer state and the observation
 statistics live in host buffers shared by all workers. An update computes the optax step from what
-it reads of them (one jitted call, which releases the GIL), then adds the parameter delta in place
-and writes back the new optimizer statistics.
+it reads of them (one jitted call, which releases the GIL), then writes the result back in place:
+under hogwild it adds the parameter delta and writes the new statistics; in locked mode the call
+returns the whole next state, which is copied in.
 
 Update modes (`algo.update`):
 
 - `locked`: applying an update is a short critical section under one lock, and each applier
-  then publishes a read-only copy of [parameters | statistics] with its version, which workers
-  pull without the lock. No update is ever lost or overlapped: the version equals the number of
+  then publishes the read-only [parameters | statistics] part of the call's output with its
+  version, which workers pull without the lock. No update is ever lost or overlapped: the version equals the number of
   gradients applied, and the parameters equal the sequential application of the updates in the
   lock's order. (Pulling under the lock too left 16 workers waiting on it a quarter of the time.)
 - `hogwild`: no lock anywhere, as in the A3C paper. Parameter deltas are added in place, so every
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import math
 import threading
@@ -196,7 +198,11 @@ class A3CLearner:
         self.steps_per_rollout = rollout_length * envs_per_worker
         self.n_observed = self.steps_per_rollout * int(np.prod(spec.obs_shape))
         self.rollout_and_gradient = jax.jit(self._rollout_and_gradient)
-        self.apply_update = jax.jit(self._apply_update)
+        # The optimizer step in two forms. Hogwild adds the parameter delta into the live vector
+        # in place; locked mode takes the whole next state, copies it in with one call, and
+        # publishes a view of the output as the next snapshot: fewer host calls under the lock.
+        self.apply_update = jax.jit(functools.partial(self._optimizer_step, whole_state=False))
+        self.next_state = jax.jit(functools.partial(self._optimizer_step, whole_state=True))
 
     def init_state(self, key: jax.Array) -> np.ndarray:
         """The initial shared state vector; also fixes the layouts."""
@@ -234,15 +240,20 @@ class A3CLearner:
     @staticmethod
     def step_is_finite(out: np.ndarray) -> bool:
         """Whether every element of an optimizer-step output's parameter delta is finite (the
-        flag `_apply_update` computes in the same call, cheaper than scanning on the host)."""
+        flag `_optimizer_step` computes in the same call, cheaper than scanning on the host)."""
         return bool(out[-1])
 
     def add_update(self, state: np.ndarray, out: np.ndarray) -> None:
-        """Apply an optimizer-step output (see `_apply_update`) to a state vector in place: add
-        the parameter delta, replace the statistics and the optimizer state."""
+        """Apply an `apply_update` output to a state vector in place: add the parameter delta,
+        replace the statistics and the optimizer state."""
         n = self.n_params
         np.add(state[:n], out[:n], out=state[:n])
         np.copyto(state[n:], out[n:-1])
+
+    @staticmethod
+    def set_state(state: np.ndarray, out: np.ndarray) -> None:
+        """Replace a state vector in place with a `next_state` output."""
+        np.copyto(state, out[:-1])
 
     def _rollout_and_gradient(self, snapshot, env_vector, entropy_coef):
         """Roll out on the snapshot and compute its gradient: (env vector, result vector)."""
@@ -261,10 +272,10 @@ class A3CLearner:
             traj.episode_length.astype(jnp.float32).ravel()])
         return self.env_layout.pack(envs), result
 
-    def _apply_update(self, state, result, scale):
+    def _optimizer_step(self, state, result, scale, whole_state: bool):
         """From the shared state vector and a worker's result vector, compute
-        [parameter delta | new observation statistics | new optimizer state | 1.0 if every
-        element of the delta is finite, else 0.0]."""
+        [parameter delta, or the new parameters if `whole_state` | new observation statistics |
+        new optimizer state | 1.0 if every element of the delta is finite, else 0.0]."""
         n, n_snapshot = self.n_params, self.n_snapshot
         obs_stats = self.stats_layout.unpack(state[n:n_snapshot])
         opt_state = self.opt_layout.unpack(state[n_snapshot:])
@@ -272,7 +283,8 @@ class A3CLearner:
         observed = result[n:n + self.n_observed].reshape((-1,) + self.spec.obs_shape)
         obs_stats = update_obs_stats(obs_stats, observed, self.loss.normalize_obs)
         delta = delta * scale
-        return jnp.concatenate([delta, self.stats_layout.pack(obs_stats),
+        return jnp.concatenate([state[:n] + delta if whole_state else delta,
+                                self.stats_layout.pack(obs_stats),
                                 self.opt_layout.pack(opt_state),
                                 jnp.isfinite(delta).all().astype(jnp.float32)[None]])
 
@@ -289,6 +301,8 @@ class ParameterServer:
         self.state = np.array(state, np.float32)
         self._n_params, self._n_snapshot = learner.n_params, learner.n_snapshot
         self._lock = threading.Lock() if mode == "locked" else contextlib.nullcontext()
+        # The optimizer-step call of this mode (see A3CLearner.__init__).
+        self.optimizer_step = learner.next_state if mode == "locked" else learner.apply_update
         self._versions = itertools.count(1)  # next() is atomic in CPython
         # Updates applied so far. Taken from an atomic counter; under hogwild a thread switch
         # between taking the number and storing it can make it lag by a concurrent write or two.
@@ -313,9 +327,8 @@ class ParameterServer:
         return self.learner.opt_layout.unpack(jnp.asarray(self.state[self._n_snapshot:]))
 
     def _publish(self) -> None:
-        """Locked mode: make the current parameters and statistics the snapshot workers pull
-        (call with the lock held, or before the workers start). Replacing the reference is
-        atomic, and a published copy is never written again."""
+        """Locked mode: make a copy of the current parameters and statistics the snapshot
+        workers pull (before the workers start; `apply` publishes its output instead)."""
         if self.mode == "locked":
             vector = self.state[:self._n_snapshot].copy()
             vector.flags.writeable = False
@@ -343,12 +356,18 @@ class ParameterServer:
             base_version = self.version
             staleness = base_version - snapshot_version
             scale = 1.0 / (1.0 + staleness) if self.staleness_lr else 1.0
-            out = np.asarray(self.learner.apply_update(self.state, result, np.float32(scale)))
+            out = np.asarray(self.optimizer_step(self.state, result, np.float32(scale)))
             if not self.learner.step_is_finite(out):
                 raise NonFiniteUpdate(base_version + 1, 1 << GUARDED_METRICS.index("params"))
-            self.learner.add_update(self.state, out)
-            self.version = version = next(self._versions)
-            self._publish()
+            if self.mode == "locked":
+                self.learner.set_state(self.state, out)
+                self.version = version = next(self._versions)
+                # Replacing the reference is atomic. `out` views XLA's output buffer: read-only,
+                # and never reused while referenced, so it is never written again.
+                self._published = Snapshot(out[:self._n_snapshot], version)
+            else:
+                self.learner.add_update(self.state, out)
+                self.version = version = next(self._versions)
             record = UpdateRecord(worker, snapshot_version, base_version,
                                   version - 1 != base_version, *diagnostics)
             self.records.append(record)
@@ -580,13 +599,13 @@ def _plain(value):
 
 
 def compile_learner(trainer: A3CTrainer) -> float:
-    """Compile both jitted functions once, with the inputs the workers will pass (committed
+    """Compile the two jitted functions a worker calls once, with the inputs the workers will pass (committed
     environment state, numpy snapshot), before any worker starts; returns the seconds."""
     start = time.perf_counter()
     learner, server = trainer.learner, trainer.server
     _, result = learner.rollout_and_gradient(server.snapshot().vector,
                                              trainer.initial_env_vector(0), jnp.float32(0.0))
-    jax.block_until_ready(learner.apply_update(server.state, result, np.float32(1.0)))
+    jax.block_until_ready(server.optimizer_step(server.state, result, np.float32(1.0)))
     return time.perf_counter() - start
 
 

@@ -251,8 +251,9 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     time, and CPU µs per update):
     - "rollout_and_gradient": each thread only calls the workers' jitted rollout-and-gradient,
       back to back;
-    - "with_optimizer_step": each thread also runs the optimizer-step call on the result and
-      adds it into its own private copy of the shared state, as `ParameterServer.apply` does.
+    - "with_optimizer_step": each thread also runs locked mode's optimizer-step call on the
+      result and copies it into its own private copy of the shared state, as
+      `ParameterServer.apply` does.
       This is everything an update must do. Unsynchronised, so not a strict bound: at many
       threads, serialising the optimizer steps (locked mode) can do a little better.
     """
@@ -268,8 +269,8 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
                 jax.block_until_ready(result)
                 continue
             learner.read_report(np.asarray(result))
-            learner.add_update(state, np.asarray(learner.apply_update(state, result,
-                                                                      np.float32(1.0))))
+            learner.set_state(state, np.asarray(learner.next_state(state, result,
+                                                                   np.float32(1.0))))
 
     rows: dict[str, Any] = {"workers": workers}
     for variant, optimizer_step in (("rollout_and_gradient", False),
@@ -319,7 +320,7 @@ def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
     calls = {
         "rollout_and_gradient": (learner.rollout_and_gradient,
                                  (snapshot, env_vector, entropy_coef)),
-        "optimizer_step": (learner.apply_update, (server.state, result, np.float32(1.0)))}
+        "optimizer_step": (server.optimizer_step, (server.state, result, np.float32(1.0)))}
     for name, (fn, args) in list(calls.items()):
         calls[f"{name}_hollow"] = (hollow(fn, *args), args)
     rows = {}

@@ -28,8 +28,7 @@ def replay(trainer):
     params_key, _ = a3c.worker_keys(0, len(trainer.threads))
     state = learner.init_state(params_key).copy()
     for _, result, scale in trainer.server.history:
-        learner.add_update(state, np.asarray(learner.apply_update(state, result,
-                                                                  np.float32(scale))))
+        learner.set_state(state, np.asarray(learner.next_state(state, result, np.float32(scale))))
     return state
 
 
