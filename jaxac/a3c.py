@@ -198,6 +198,9 @@ class A3CLearner:
         self.steps_per_rollout = rollout_length * envs_per_worker
         self.n_observed = self.steps_per_rollout * int(np.prod(spec.obs_shape))
         self.rollout_and_gradient = jax.jit(self._rollout_and_gradient)
+        # A worker's packed fresh environments from its key. Jitted: run op by op it took 5 ms
+        # per worker, at the start of every run.
+        self.fresh_env_vector = jax.jit(lambda key: self.pack_envs(self.init_envs(key)))
         # The optimizer step in two forms. Hogwild adds the parameter delta into the live vector
         # in place; locked mode takes the whole next state, copies it in with one call, and
         # publishes a view of the output as the next snapshot: fewer host calls under the lock.
@@ -459,9 +462,10 @@ class A3CTrainer:
     def initial_env_vector(self, worker: int) -> jax.Array:
         """The worker's packed starting environments (restored or fresh from its key), committed
         to its device: the jitted calls run where their inputs live."""
-        envs = (self.initial_envs[worker] if self.initial_envs is not None
-                else self.learner.init_envs(self.keys[worker]))
-        return jax.device_put(self.learner.pack_envs(envs), self.device_of(worker))
+        vector = (self.learner.pack_envs(self.initial_envs[worker])
+                  if self.initial_envs is not None
+                  else self.learner.fresh_env_vector(self.keys[worker]))
+        return jax.device_put(vector, self.device_of(worker))
 
     def _worker_loop(self, i: int) -> None:
         learner, server, shared = self.learner, self.server, self.progress
