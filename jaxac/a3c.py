@@ -19,9 +19,10 @@ Update modes (`algo.update`):
 
 - `locked`: applying an update is a short critical section under one lock, and each applier
   then publishes the read-only [parameters | statistics] part of the call's output with its
-  version, which workers pull without the lock. No update is ever lost or overlapped: the version equals the number of
-  gradients applied, and the parameters equal the sequential application of the updates in the
-  lock's order. (Pulling under the lock too left 16 workers waiting on it a quarter of the time.)
+  version, which workers pull without the lock. No update is ever lost or overlapped: the version
+  equals the number of gradients applied, and the parameters equal the sequential application of
+  the updates in the lock's order. (Pulling under the lock too left 16 workers waiting on it a
+  quarter of the time.)
 - `hogwild`: no lock anywhere, as in the A3C paper. Parameter deltas are added in place, so every
   update lands (none is lost), but two updates whose read-compute-write windows overlap interleave:
   each was computed from optimizer statistics the other was about to change, the later write of
@@ -67,7 +68,8 @@ STALENESS_BIN_EDGES = (0, 1, 2, 4, 8, 16, 32)
 
 
 class Snapshot(NamedTuple):
-    """A worker's private copy of [parameters | observation statistics], and its version."""
+    """A read-only [parameters | observation statistics] vector that a worker computes on, and
+    its version."""
 
     vector: np.ndarray
     version: int
@@ -603,8 +605,9 @@ def _plain(value):
 
 
 def compile_learner(trainer: A3CTrainer) -> float:
-    """Compile the two jitted functions a worker calls once, with the inputs the workers will pass (committed
-    environment state, numpy snapshot), before any worker starts; returns the seconds."""
+    """Compile the two jitted functions a worker calls, once, with the inputs the workers will
+    pass (committed environment state, numpy snapshot), before any worker starts; returns the
+    seconds."""
     start = time.perf_counter()
     learner, server = trainer.learner, trainer.server
     _, result = learner.rollout_and_gradient(server.snapshot().vector,
