@@ -183,3 +183,44 @@ def test_locked_snapshot_is_the_published_read_only_copy_of_the_last_applied_ver
     assert not np.array_equal(after.vector, before.vector)  # the old copy was left as it was
     _, hogwild = make_trainer(["workers=2", "total_steps=500", "algo.update=hogwild"])
     assert hogwild.server.snapshot().vector.flags.writeable  # hogwild copies the live vector
+
+
+def test_read_report_returns_the_losses_and_only_the_episodes_that_ended():
+    _, trainer = make_trainer(["workers=1", "total_steps=500"])
+    learner = trainer.learner
+    k = learner.steps_per_rollout
+    result = np.zeros(learner.n_params + learner.n_observed + 4 + 3 * k, np.float32)
+    tail = result[learner.n_params + learner.n_observed:]
+    tail[:4] = [0.5, 1.5, 0.25, 3.0]
+    done, returns, lengths = tail[4:].reshape(3, k)
+    returns[:] = 99.0  # running returns where no episode ended: not reported
+    done[1], returns[1], lengths[1] = 1.0, 17.0, 17.0
+    done[k - 1], returns[k - 1], lengths[k - 1] = 1.0, 4.0, 4.0
+    report = learner.read_report(result)
+    assert report.diagnostics == [0.5, 1.5, 0.25, 3.0]
+    assert report.episodes == [(17.0, 17), (4.0, 4)]
+    assert all(type(x) is float for x in report.diagnostics)
+
+
+@pytest.mark.parametrize("mode", ["locked", "hogwild"])
+def test_apply_refuses_non_finite_losses_and_steps_and_leaves_the_state_alone(mode):
+    _, trainer = make_trainer(["workers=1", "total_steps=500", f"algo.update={mode}"])
+    learner, server = trainer.learner, trainer.server
+    _, result = learner.rollout_and_gradient(server.snapshot().vector,
+                                             trainer.initial_env_vector(0), np.float32(0.0))
+    losses = learner.read_report(np.asarray(result)).diagnostics
+    before = server.state.copy()
+    with pytest.raises(a3c.NonFiniteUpdate) as bad_loss:
+        server.apply(0, 0, result, [losses[0], float("nan"), losses[2], float("inf")])
+    assert bad_loss.value.flags == 0b1010  # value loss and gradient norm
+    assert "value_loss is not finite" in str(bad_loss.value)
+    bad_gradient = np.asarray(result).copy()
+    bad_gradient[0] = np.inf
+    with pytest.raises(a3c.NonFiniteUpdate) as bad_step:
+        server.apply(0, 0, bad_gradient, losses)
+    assert "params is not finite" in str(bad_step.value)
+    np.testing.assert_array_equal(server.state, before)
+    assert server.version == 0 and server.snapshot().version == 0
+    record = server.apply(0, 0, result, losses)  # a finite one is applied
+    assert server.version == 1 and record.policy_loss == losses[0]
+    assert not np.array_equal(server.state, before)
