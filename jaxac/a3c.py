@@ -68,10 +68,11 @@ STALENESS_BIN_EDGES = (0, 1, 2, 4, 8, 16, 32)
 
 
 class Snapshot(NamedTuple):
-    """A read-only [parameters | observation statistics] vector that a worker computes on, and
-    its version."""
+    """The vector a worker computes on, and its version: in locked mode the server's whole state
+    vector, an immutable XLA buffer; under hogwild a numpy copy of its first two parts,
+    [parameters | observation statistics]. The rollout reads only those two parts."""
 
-    vector: np.ndarray
+    vector: jax.Array | np.ndarray
     version: int
 
 
@@ -182,8 +183,9 @@ class Report(NamedTuple):
 class A3CLearner:
     """The jitted pieces a worker calls: the shared core functions, on packed vectors.
 
-    Layout of the shared state vector: [parameters | observation statistics | optimizer state].
-    A snapshot is its first two parts. A worker's environment state is one packed vector too, and
+    Layout of the shared state vector: [parameters | observation statistics | optimizer state];
+    locked mode keeps it with one more element, the finite flag of the step that made it (see
+    `_optimizer_step`). A rollout reads the first two parts of whatever vector it is given. A worker's environment state is one packed vector too, and
     a rollout-and-gradient call returns one result vector:
     [raveled gradient | observations seen (T*E*obs) | policy loss, value loss, entropy,
     gradient norm | done (T*E) | episode return (T*E) | episode length (T*E)].
@@ -203,9 +205,9 @@ class A3CLearner:
         # A worker's packed fresh environments from its key. Jitted: run op by op it took 5 ms
         # per worker, at the start of every run.
         self.fresh_env_vector = jax.jit(lambda key: self.pack_envs(self.init_envs(key)))
-        # The optimizer step in two forms. Hogwild adds the parameter delta into the live vector
-        # in place; locked mode takes the whole next state, copies it in with one call, and
-        # publishes a view of the output as the next snapshot: fewer host calls under the lock.
+        # The optimizer step in two forms. Hogwild adds the parameter delta into the live numpy
+        # vector in place; locked mode's state is the previous call's output, an XLA buffer that
+        # goes back in as is, and also serves as the workers' snapshot (see ParameterServer).
         self.apply_update = jax.jit(functools.partial(self._optimizer_step, whole_state=False))
         self.next_state = jax.jit(functools.partial(self._optimizer_step, whole_state=True))
 
@@ -218,6 +220,7 @@ class A3CLearner:
         self.n_params = flat_params.size
         self.stats_layout, self.opt_layout = FlatLayout(stats), FlatLayout(opt_state)
         self.n_snapshot = self.n_params + self.stats_layout.size
+        self.n_state = self.n_snapshot + self.opt_layout.size
         return np.asarray(jnp.concatenate([flat_params, self.stats_layout.pack(stats),
                                            self.opt_layout.pack(opt_state)]))
 
@@ -243,10 +246,10 @@ class A3CLearner:
         return Report(tail[:4], [(returns[j], int(lengths[j])) for j in range(k) if done[j]])
 
     @staticmethod
-    def step_is_finite(out: np.ndarray) -> bool:
+    def step_is_finite(out: jax.Array | np.ndarray) -> bool:
         """Whether every element of an optimizer-step output's parameter delta is finite (the
         flag `_optimizer_step` computes in the same call, cheaper than scanning on the host)."""
-        return bool(out[-1])
+        return bool(np.asarray(out)[-1])  # a zero-copy view on the CPU
 
     def add_update(self, state: np.ndarray, out: np.ndarray) -> None:
         """Apply an `apply_update` output to a state vector in place: add the parameter delta,
@@ -254,11 +257,6 @@ class A3CLearner:
         n = self.n_params
         np.add(state[:n], out[:n], out=state[:n])
         np.copyto(state[n:], out[n:-1])
-
-    @staticmethod
-    def set_state(state: np.ndarray, out: np.ndarray) -> None:
-        """Replace a state vector in place with a `next_state` output."""
-        np.copyto(state, out[:-1])
 
     def _rollout_and_gradient(self, snapshot, env_vector, entropy_coef):
         """Roll out on the snapshot and compute its gradient: (env vector, result vector)."""
@@ -278,12 +276,13 @@ class A3CLearner:
         return self.env_layout.pack(envs), result
 
     def _optimizer_step(self, state, result, scale, whole_state: bool):
-        """From the shared state vector and a worker's result vector, compute
-        [parameter delta, or the new parameters if `whole_state` | new observation statistics |
-        new optimizer state | 1.0 if every element of the delta is finite, else 0.0]."""
+        """From the shared state vector (with or without a trailing flag) and a worker's result
+        vector, compute [parameter delta, or the new parameters if `whole_state` | new
+        observation statistics | new optimizer state | 1.0 if every element of the delta is
+        finite, else 0.0]. With `whole_state` that is the next state vector with its flag."""
         n, n_snapshot = self.n_params, self.n_snapshot
         obs_stats = self.stats_layout.unpack(state[n:n_snapshot])
-        opt_state = self.opt_layout.unpack(state[n_snapshot:])
+        opt_state = self.opt_layout.unpack(state[n_snapshot:self.n_state])
         delta, opt_state = self.tx.update(result[:n], opt_state)
         observed = result[n:n + self.n_observed].reshape((-1,) + self.spec.obs_shape)
         obs_stats = update_obs_stats(obs_stats, observed, self.loss.normalize_obs)
@@ -295,28 +294,53 @@ class A3CLearner:
 
 
 class ParameterServer:
-    """The shared state vector [parameters | observation statistics | optimizer state], updated in
-    place: never replaced, so every worker always sees the one global copy."""
+    """The one shared state vector [parameters | observation statistics | optimizer state].
+
+    Hogwild keeps it as a numpy vector that every worker adds its parameter step into, in place
+    and without a lock. Locked mode keeps it as the last optimizer-step output, an immutable XLA
+    buffer on `device` (with the step's finite flag as one more element), and replaces it under
+    the lock: the next optimizer step and every worker's rollout take that buffer as it is.
+    A numpy state would be copied into XLA twice per update, and on this CPU runtime each copy
+    releases and retakes the GIL: with 16 workers those hand-offs cost more than the copies.
+    """
 
     def __init__(self, learner: A3CLearner, state: np.ndarray, mode: str, staleness_lr: bool,
-                 keep_history: bool = False):
+                 keep_history: bool = False, device: Any = None):
         if mode not in UPDATE_MODES:
             raise ValueError(f"algo.update={mode!r}; allowed: {', '.join(UPDATE_MODES)}")
         self.learner, self.mode, self.staleness_lr = learner, mode, staleness_lr
-        self.state = np.array(state, np.float32)
         self._n_params, self._n_snapshot = learner.n_params, learner.n_snapshot
         self._lock = threading.Lock() if mode == "locked" else contextlib.nullcontext()
+        # Where locked mode's state lives (workers on other devices move their inputs); None
+        # under hogwild, whose numpy state goes wherever a call runs.
+        self.device = (device or jax.devices()[0]) if mode == "locked" else None
         # The optimizer-step call of this mode (see A3CLearner.__init__).
         self.optimizer_step = learner.next_state if mode == "locked" else learner.apply_update
         self._versions = itertools.count(1)  # next() is atomic in CPython
         # Updates applied so far. Taken from an atomic counter; under hogwild a thread switch
         # between taking the number and storing it can make it lag by a concurrent write or two.
         self.version = 0
-        self._publish()
+        self._set_state(np.asarray(state, np.float32))
         # Appended by workers, drained by the monitor (deque operations are atomic).
         self.records: collections.deque[UpdateRecord] = collections.deque()
         # For tests: (record, result vector, scale) in the order updates were applied.
         self.history: list | None = [] if keep_history else None
+
+    def _set_state(self, state: np.ndarray) -> None:
+        """Start from `state` (before the workers run, or with them paused)."""
+        if self.mode == "locked":
+            with_flag = np.append(state, np.float32(1.0))
+            self._published = Snapshot(jax.device_put(with_flag, self.device), self.version)
+        else:
+            self._live = np.array(state, np.float32)
+
+    @property
+    def state(self) -> np.ndarray:
+        """The state vector on the host: locked mode's is a read-only view of the current XLA
+        buffer, hogwild's the live vector itself."""
+        if self.mode == "locked":
+            return np.asarray(self._published.vector)[:-1]
+        return self._live
 
     @property
     def params(self) -> np.ndarray:
@@ -331,25 +355,22 @@ class ParameterServer:
     def opt_state(self) -> Any:
         return self.learner.opt_layout.unpack(jnp.asarray(self.state[self._n_snapshot:]))
 
-    def _publish(self) -> None:
-        """Locked mode: make a copy of the current parameters and statistics the snapshot
-        workers pull (before the workers start; `apply` publishes its output instead)."""
-        if self.mode == "locked":
-            vector = self.state[:self._n_snapshot].copy()
-            vector.flags.writeable = False
-            self._published = Snapshot(vector, self.version)
+    @property
+    def optimizer_input(self) -> jax.Array | np.ndarray:
+        """The state vector as this mode's optimizer-step call takes it."""
+        return self._published.vector if self.mode == "locked" else self._live
 
     def snapshot(self) -> Snapshot:
-        """The current parameters and statistics: in locked mode the last published copy (one
-        consistent version, no waiting), under hogwild a copy of the live vector."""
+        """The current parameters and statistics: in locked mode the current state buffer (one
+        consistent version, immutable, no copy), under hogwild a copy of the live vector."""
         if self.mode == "locked":
             return self._published
-        return Snapshot(self.state[:self._n_snapshot].copy(), self.version)
+        return Snapshot(self._live[:self._n_snapshot].copy(), self.version)
 
     def apply(self, worker: int, snapshot_version: int, result: jax.Array,
               diagnostics: list[float]) -> UpdateRecord:
         """Apply the gradient in one worker's result vector to the shared state (under the lock
-        in locked mode).
+        in locked mode, where `result` must be on the server's `device`).
 
         `diagnostics` = [policy loss, value loss, entropy, gradient norm]. Raises NonFiniteUpdate,
         leaving the shared state untouched, if any of them or the parameter step is not finite.
@@ -360,18 +381,15 @@ class ParameterServer:
         with self._lock:
             base_version = self.version
             staleness = base_version - snapshot_version
-            scale = 1.0 / (1.0 + staleness) if self.staleness_lr else 1.0
-            out = np.asarray(self.optimizer_step(self.state, result, np.float32(scale)))
+            scale = np.float32(1.0 / (1.0 + staleness) if self.staleness_lr else 1.0)
+            out = self.optimizer_step(self.optimizer_input, result, scale)
             if not self.learner.step_is_finite(out):
                 raise NonFiniteUpdate(base_version + 1, 1 << GUARDED_METRICS.index("params"))
             if self.mode == "locked":
-                self.learner.set_state(self.state, out)
                 self.version = version = next(self._versions)
-                # Replacing the reference is atomic. `out` views XLA's output buffer: read-only,
-                # and never reused while referenced, so it is never written again.
-                self._published = Snapshot(out[:self._n_snapshot], version)
+                self._published = Snapshot(out, version)  # replacing the reference is atomic
             else:
-                self.learner.add_update(self.state, out)
+                self.learner.add_update(self._live, np.asarray(out))
                 self.version = version = next(self._versions)
             record = UpdateRecord(worker, snapshot_version, base_version,
                                   version - 1 != base_version, *diagnostics)
@@ -386,10 +404,9 @@ class ParameterServer:
 
     def restore(self, state: np.ndarray, version: int) -> None:
         """Continue from a checkpoint's shared state vector and version counter."""
-        np.copyto(self.state, state)
         self.version = version
         self._versions = itertools.count(version + 1)
-        self._publish()
+        self._set_state(np.asarray(state, np.float32))
 
 
 class SharedProgress:
@@ -473,6 +490,10 @@ class A3CTrainer:
         learner, server, shared = self.learner, self.server, self.progress
         env_vector = self.worker_envs[i] = self.initial_env_vector(i)
         entropy_coef = jnp.float32(self.entropy_coefs[i])
+        device = self.device_of(i)
+        # A locked-mode server's state lives on one device: a worker elsewhere moves the
+        # snapshot to its device and its result to the server's.
+        remote = server.device is not None and device != server.device
         while not self.stop_event.is_set():
             if self._pause.is_set():
                 self._park()
@@ -480,10 +501,11 @@ class A3CTrainer:
             if not shared.reserve_rollout():
                 break
             snap = server.snapshot()
-            env_vector, result = learner.rollout_and_gradient(snap.vector, env_vector,
-                                                              entropy_coef)
+            vector = jax.device_put(snap.vector, device) if remote else snap.vector
+            env_vector, result = learner.rollout_and_gradient(vector, env_vector, entropy_coef)
             report = learner.read_report(np.asarray(result))
-            server.apply(i, snap.version, result, report.diagnostics)
+            server.apply(i, snap.version, jax.device_put(result, server.device) if remote
+                         else result, report.diagnostics)
             self.worker_envs[i] = env_vector
             shared.worker_steps[i] += shared.steps_per_rollout
             if report.episodes:  # most rollouts end none
@@ -591,7 +613,8 @@ def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any],
     params_key, keys = worker_keys(int(cfg.seed), workers)
     # item access: `algo.update` would be DictConfig.update, the method
     server = ParameterServer(learner, learner.init_state(params_key), mode=str(algo["update"]),
-                             staleness_lr=bool(algo.staleness_lr), keep_history=keep_history)
+                             staleness_lr=bool(algo.staleness_lr), keep_history=keep_history,
+                             device=devices[0])
     shared = SharedProgress(total_rollouts, steps_per_rollout, workers)
     coefs = entropy_coefficients(_plain(algo.entropy_coef), workers, int(cfg.seed))
     return A3CTrainer(learner, server, shared, keys, coefs, devices,
@@ -606,13 +629,14 @@ def _plain(value):
 
 def compile_learner(trainer: A3CTrainer) -> float:
     """Compile the two jitted functions a worker calls, once, with the inputs the workers will
-    pass (committed environment state, numpy snapshot), before any worker starts; returns the
-    seconds."""
+    pass (committed environment state, the server's snapshot and state), before any worker
+    starts; returns the seconds."""
     start = time.perf_counter()
     learner, server = trainer.learner, trainer.server
     _, result = learner.rollout_and_gradient(server.snapshot().vector,
                                              trainer.initial_env_vector(0), jnp.float32(0.0))
-    jax.block_until_ready(server.optimizer_step(server.state, result, np.float32(1.0)))
+    jax.block_until_ready(server.optimizer_step(server.optimizer_input, result,
+                                                np.float32(1.0)))
     return time.perf_counter() - start
 
 

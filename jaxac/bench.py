@@ -252,8 +252,8 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     - "rollout_and_gradient": each thread only calls the workers' jitted rollout-and-gradient,
       back to back;
     - "with_optimizer_step": each thread also runs locked mode's optimizer-step call on the
-      result and copies it into its own private copy of the shared state, as
-      `ParameterServer.apply` does.
+      result, checks its finite flag and takes the output as its own next state, as
+      `ParameterServer.apply` does with the shared one.
       This is everything an update must do. Unsynchronised, so not a strict bound: at many
       threads, serialising the optimizer steps (locked mode) can do a little better.
     """
@@ -262,15 +262,15 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     snapshot, entropy_coef = server.snapshot().vector, jnp.float32(0.0)
 
     def worker_work(i: int, updates: int, optimizer_step: bool) -> None:
-        env_vector, state = trainer.initial_env_vector(i), server.state.copy()
+        env_vector, state = trainer.initial_env_vector(i), server.optimizer_input
         for _ in range(updates):
             env_vector, result = learner.rollout_and_gradient(snapshot, env_vector, entropy_coef)
             if not optimizer_step:
                 jax.block_until_ready(result)
                 continue
             learner.read_report(np.asarray(result))
-            learner.set_state(state, np.asarray(learner.next_state(state, result,
-                                                                   np.float32(1.0))))
+            state = learner.next_state(state, result, np.float32(1.0))
+            learner.step_is_finite(state)
 
     rows: dict[str, Any] = {"workers": workers}
     for variant, optimizer_step in (("rollout_and_gradient", False),
@@ -320,7 +320,8 @@ def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
     calls = {
         "rollout_and_gradient": (learner.rollout_and_gradient,
                                  (snapshot, env_vector, entropy_coef)),
-        "optimizer_step": (server.optimizer_step, (server.state, result, np.float32(1.0)))}
+        "optimizer_step": (server.optimizer_step,
+                           (server.optimizer_input, result, np.float32(1.0)))}
     for name, (fn, args) in list(calls.items()):
         calls[f"{name}_hollow"] = (hollow(fn, *args), args)
     rows = {}
