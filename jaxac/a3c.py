@@ -10,16 +10,17 @@ Each worker owns `envs_per_worker` environments (vmapped), an RNG stream derived
     -> apply it to the global parameters with the shared optax optimizer         (one jitted call)
 
 The global parameters (raveled into one vector), the optimizer state and the observation
-statistics live in host buffers shared by all workers. An update computes the optax step from what
-it reads of them (one jitted call, which releases the GIL), then writes the result back in place:
-under hogwild it adds the parameter delta and writes the new statistics; in locked mode the call
-returns the whole next state, which is copied in.
+statistics are one state vector shared by all workers. An update computes the optax step from what
+it reads of it (one jitted call, which releases the GIL). Under hogwild the vector is a numpy
+array and the update writes back in place: it adds the parameter delta and writes the new
+statistics. In locked mode the call returns the whole next state as a new, immutable XLA buffer,
+which replaces the old one.
 
 Update modes (`algo.update`):
 
 - `locked`: applying an update is a short critical section under one lock, and each applier
-  then publishes the read-only [parameters | statistics] part of the call's output with its
-  version, which workers pull without the lock. No update is ever lost or overlapped: the version
+  then publishes the call's output with its version as the snapshot, which workers pull without
+  the lock (and without a copy). No update is ever lost or overlapped: the version
   equals the number of gradients applied, and the parameters equal the sequential application of
   the updates in the lock's order. (Pulling under the lock too left 16 workers waiting on it a
   quarter of the time.)
