@@ -186,8 +186,9 @@ class A3CLearner:
 
     Layout of the shared state vector: [parameters | observation statistics | optimizer state];
     locked mode keeps it with one more element, the finite flag of the step that made it (see
-    `_optimizer_step`). A rollout reads the first two parts of whatever vector it is given. A worker's environment state is one packed vector too, and
-    a rollout-and-gradient call returns one result vector:
+    `_optimizer_step`). A rollout reads the first two parts of whatever vector it is given.
+    A worker's environment state is one packed vector too, and a rollout-and-gradient call
+    returns one result vector:
     [raveled gradient | observations seen (T*E*obs) | policy loss, value loss, entropy,
     gradient norm | done (T*E) | episode return (T*E) | episode length (T*E)].
     Few, flat buffers keep XLA's fixed cost per call low (see FlatLayout).
