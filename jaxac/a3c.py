@@ -322,7 +322,7 @@ class ParameterServer:
         # Updates applied so far. Taken from an atomic counter; under hogwild a thread switch
         # between taking the number and storing it can make it lag by a concurrent write or two.
         self.version = 0
-        self._set_state(np.asarray(state, np.float32))
+        self._set_state(state)
         # Appended by workers, drained by the monitor (deque operations are atomic).
         self.records: collections.deque[UpdateRecord] = collections.deque()
         # For tests: (record, result vector, scale) in the order updates were applied.
@@ -330,11 +330,12 @@ class ParameterServer:
 
     def _set_state(self, state: np.ndarray) -> None:
         """Start from `state` (before the workers run, or with them paused)."""
+        state = np.asarray(state, np.float32)
         if self.mode == "locked":
             with_flag = np.append(state, np.float32(1.0))
             self._published = Snapshot(jax.device_put(with_flag, self.device), self.version)
         else:
-            self._live = np.array(state, np.float32)
+            self._live = state.copy()
 
     @property
     def state(self) -> np.ndarray:
@@ -408,7 +409,7 @@ class ParameterServer:
         """Continue from a checkpoint's shared state vector and version counter."""
         self.version = version
         self._versions = itertools.count(version + 1)
-        self._set_state(np.asarray(state, np.float32))
+        self._set_state(state)
 
 
 class SharedProgress:
