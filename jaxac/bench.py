@@ -251,26 +251,26 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     time, and CPU µs per update):
     - "rollout_and_gradient": each thread only calls the workers' jitted rollout-and-gradient,
       back to back;
-    - "with_optimizer_step": each thread also runs locked mode's optimizer-step call on the
-      result, checks its finite flag and takes the output as its own next state, as
-      `ParameterServer.apply` does with the shared one.
-      This is everything an update must do. Unsynchronised, so not a strict bound: at many
-      threads, serialising the optimizer steps (locked mode) can do a little better.
+    - "with_optimizer_step": each thread also runs locked mode's optimizer call on the result
+      (a batch of one), reads its info row and takes the output as its own next state, as
+      `ParameterServer.submit` does with the shared one.
+      This is everything an update must do, one update per call. Not a strict bound: locked
+      mode applies the updates that wait in batches, fewer calls per update.
     """
     trainer = compiled_a3c_trainer(workers)
     learner, server = trainer.learner, trainer.server
     snapshot, entropy_coef = server.snapshot().vector, jnp.float32(0.0)
 
     def worker_work(i: int, updates: int, optimizer_step: bool) -> None:
-        env_vector, state = trainer.initial_env_vector(i), server.optimizer_input
+        env_vector, state = trainer.initial_env_vector(i), snapshot
         for _ in range(updates):
             env_vector, result = learner.rollout_and_gradient(snapshot, env_vector, entropy_coef)
             if not optimizer_step:
                 jax.block_until_ready(result)
                 continue
-            learner.read_report(np.asarray(result))
-            state = learner.next_state(state, result, np.float32(1.0))
-            learner.step_is_finite(state)
+            state, info = learner.optimizer_steps(state, (result,), server.unit_scales[1],
+                                                  server.counts[1])
+            learner.read_report(np.asarray(info)[0, 1:].tolist())
 
     rows: dict[str, Any] = {"workers": workers}
     for variant, optimizer_step in (("rollout_and_gradient", False),
@@ -300,11 +300,13 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
 def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
     """XLA's fixed cost per A3C update on this machine, on one thread.
 
-    Times the worker's two jitted calls (rollout+gradient, then the optimizer step) with the
-    arguments a worker passes, and the same two calls with their math removed: same arguments
-    (kept, so they are still handed over), same number and shapes of results (zeros). What the
-    hollow calls cost is what XLA's CPU runtime charges per execution whatever the network, and
-    every update pays it twice. Returns CPU and wall µs per call for the four.
+    Times the two jitted calls of an update (rollout+gradient, then locked mode's optimizer call
+    on a batch of one) with the arguments the workers pass, and the same two calls with their
+    math removed: same arguments (kept, so they are still handed over), same number and shapes
+    of results (zeros). What the hollow calls cost is what XLA's CPU runtime charges per
+    execution whatever the network: every update pays it for its rollout, and for an optimizer
+    call unless it is applied in a batch with others. Returns CPU and wall µs per call for the
+    four.
     """
     trainer = compiled_a3c_trainer(1)
     learner, server = trainer.learner, trainer.server
@@ -320,8 +322,8 @@ def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
     calls = {
         "rollout_and_gradient": (learner.rollout_and_gradient,
                                  (snapshot, env_vector, entropy_coef)),
-        "optimizer_step": (server.optimizer_step,
-                           (server.optimizer_input, result, np.float32(1.0)))}
+        "optimizer_step": (learner.optimizer_steps,
+                           (snapshot, (result,), server.unit_scales[1], server.counts[1]))}
     for name, (fn, args) in list(calls.items()):
         calls[f"{name}_hollow"] = (hollow(fn, *args), args)
     rows = {}
@@ -448,8 +450,8 @@ def report(results: dict[str, Any]) -> str:
         line += ")" if best == most else f"; {most} threads: {full[most]:,.0f})"
         if 1 in full and 2 in full:
             line += f"; 2 threads give {full[2] / full[1]:.2f}x 1 thread"
-        lines.append(line + " (unsynchronised: at many threads, serialising the optimizer "
-                     "step, as locked mode does, can do a little better)")
+        lines.append(line + " (one optimizer call per update: locked mode, which applies the "
+                     "updates that wait in batches, can do better)")
     if results.get("a3c_floor"):
         floor = results["a3c_floor"]
         lines += ["", "A3C call floor: a worker's two calls, one thread, with and without their "

@@ -28,8 +28,9 @@ def replay(trainer):
     params_key, _ = a3c.worker_keys(0, len(trainer.threads))
     state = learner.init_state(params_key)
     for _, result, scale in trainer.server.history:
-        state = learner.next_state(state, result, np.float32(scale))
-    return np.asarray(state)[:-1]
+        state, info = learner.optimizer_steps(state, (result,), np.float32([scale]), np.int32(1))
+        assert np.asarray(info)[0, 0] == 0  # all finite
+    return np.asarray(state)
 
 
 def test_locked_many_workers_lose_nothing_and_equal_sequential_application():
@@ -39,11 +40,22 @@ def test_locked_many_workers_lose_nothing_and_equal_sequential_application():
     rollouts = 16000 // 5
     assert len(history) == rollouts  # one gradient per rollout, every one applied
     assert server.version == rollouts
-    assert [rec.applied_version for rec, *_ in history] == list(range(rollouts))  # lock order
+    assert [rec.applied_version for rec, *_ in history] == list(range(rollouts))  # in order
     assert not any(rec.interleaved for rec, *_ in history)
     assert sum(trainer.progress.worker_steps) == rollouts * 5  # stops exactly at the budget
     assert len({rec.worker for rec, *_ in history}) == 32  # every worker contributed
     np.testing.assert_array_equal(server.state, replay(trainer))
+
+
+def test_locked_staleness_lr_scales_each_update_by_its_own_staleness():
+    _, trainer = make_trainer(["workers=8", "total_steps=4000", "algo.staleness_lr=true"],
+                              keep_history=True)
+    trainer.run_to_completion()
+    history = trainer.server.history
+    assert [scale for *_, scale in history] == pytest.approx(
+        [1 / (1 + rec.staleness) for rec, *_ in history])
+    assert any(rec.staleness > 0 for rec, *_ in history)
+    np.testing.assert_array_equal(trainer.server.state, replay(trainer))
 
 
 def test_hogwild_applies_every_update_and_counts_interleaving():
@@ -111,7 +123,7 @@ def test_one_locked_worker_matches_a_sequential_reference_built_from_core():
 
 
 def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch):
-    original = a3c.A3CTrainer._record_episodes
+    original = a3c.SharedProgress.reserve_rollout  # every worker calls it before each rollout
     calls = {"n": 0}
 
     def failing(self, *args):
@@ -123,13 +135,13 @@ def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch)
                 raise ValueError("injected failure in worker 3")
         return original(self, *args)
 
-    monkeypatch.setattr(a3c.A3CTrainer, "_record_episodes", failing)
+    monkeypatch.setattr(a3c.SharedProgress, "reserve_rollout", failing)
     cfg = compose_config(["algo=a3c", "workers=8", "total_steps=50000000", "log_interval=500"])
     with pytest.raises(a3c.WorkerFailed) as info:
         execute(cfg, tmp_path)
     assert info.value.worker == 3
     assert "injected failure in worker 3" in info.value.trace
-    assert "_record_episodes" in info.value.trace
+    assert "reserve_rollout" in info.value.trace
     metrics = read_metrics(tmp_path)  # written and flushed up to the failure
     assert len(metrics) >= 1 and metrics["env_steps"].max() < 50_000_000 // 100
 
@@ -181,8 +193,7 @@ def test_locked_snapshot_is_the_immutable_state_of_the_last_applied_version():
     trainer.run_to_completion()
     after = server.snapshot()
     assert after.version == server.version == 2000 // 5
-    np.testing.assert_array_equal(np.asarray(after.vector)[:-1], server.state)
-    assert np.asarray(after.vector)[-1] == 1.0  # the finite flag of the step that made it
+    np.testing.assert_array_equal(after.vector, server.state)
     assert not np.array_equal(after.vector, before.vector)
     np.testing.assert_array_equal(before.vector, first)  # the old version was left as it was
     _, hogwild = make_trainer(["workers=2", "total_steps=500", "algo.update=hogwild"])
@@ -200,31 +211,81 @@ def test_read_report_returns_the_losses_and_only_the_episodes_that_ended():
     returns[:] = 99.0  # running returns where no episode ended: not reported
     done[1], returns[1], lengths[1] = 1.0, 17.0, 17.0
     done[k - 1], returns[k - 1], lengths[k - 1] = 1.0, 4.0, 4.0
-    report = learner.read_report(result)
+    report = learner.read_report(tail.tolist())
     assert report.diagnostics == [0.5, 1.5, 0.25, 3.0]
     assert report.episodes == [(17.0, 17), (4.0, 4)]
     assert all(type(x) is float for x in report.diagnostics)
 
 
+def rollout_result(trainer):
+    """One result vector of worker 0's rollout call on the current snapshot, and its report."""
+    learner = trainer.learner
+    _, result = learner.rollout_and_gradient(trainer.server.snapshot().vector,
+                                             trainer.initial_env_vector(0), np.float32(0.0))
+    return result, learner.read_report(np.asarray(result)[learner.report_start:].tolist())
+
+
+def spoiled(trainer, result, index, value):
+    """A copy of a result vector with element `index` replaced by `value`, on the server's
+    device."""
+    vector = np.asarray(result).copy()
+    vector[index] = value
+    return jax.device_put(vector, trainer.server.device)
+
+
 @pytest.mark.parametrize("mode", ["locked", "hogwild"])
-def test_apply_refuses_non_finite_losses_and_steps_and_leaves_the_state_alone(mode):
+def test_submit_refuses_non_finite_losses_and_steps_and_leaves_the_state_alone(mode):
     _, trainer = make_trainer(["workers=1", "total_steps=500", f"algo.update={mode}"])
     learner, server = trainer.learner, trainer.server
-    _, result = learner.rollout_and_gradient(server.snapshot().vector,
-                                             trainer.initial_env_vector(0), np.float32(0.0))
-    losses = learner.read_report(np.asarray(result)).diagnostics
+    result, report = rollout_result(trainer)
     before = server.state.copy()
+    losses_at = learner.report_start
+    bad_losses = spoiled(trainer, spoiled(trainer, result, losses_at + 1, np.nan),
+                         losses_at + 3, np.inf)
     with pytest.raises(a3c.NonFiniteUpdate) as bad_loss:
-        server.apply(0, 0, result, [losses[0], float("nan"), losses[2], float("inf")])
+        server.submit(0, 0, bad_losses)
     assert bad_loss.value.flags == 0b1010  # value loss and gradient norm
     assert "value_loss is not finite" in str(bad_loss.value)
-    bad_gradient = np.asarray(result).copy()
-    bad_gradient[0] = np.inf
     with pytest.raises(a3c.NonFiniteUpdate) as bad_step:
-        server.apply(0, 0, bad_gradient, losses)
+        server.submit(0, 0, spoiled(trainer, result, 0, np.inf))  # an infinite gradient
     assert "params is not finite" in str(bad_step.value)
     np.testing.assert_array_equal(server.state, before)
     assert server.version == 0 and server.snapshot().version == 0
-    record = server.apply(0, 0, result, losses)  # a finite one is applied
-    assert server.version == 1 and record.policy_loss == losses[0]
+    assert server.submit(0, 0, result) == [report]  # a finite one is applied
+    assert server.version == 1 and server.drain_records()[0].policy_loss == report.diagnostics[0]
     assert not np.array_equal(server.state, before)
+
+
+def counting(fn, calls):
+    """`fn` (an optimizer_steps), recording the batch size of every call in `calls`."""
+    def wrapped(*args):
+        calls.append(len(args[1]))
+        return fn(*args)
+    return wrapped
+
+
+def test_locked_results_wait_while_the_lock_is_taken_then_apply_in_order_in_one_call():
+    _, trainer = make_trainer(["workers=4", "total_steps=500"], keep_history=True)
+    server = trainer.server
+    result, report = rollout_result(trainer)
+    second = spoiled(trainer, result, 0, np.asarray(result)[0] + 1.0)
+    bad = spoiled(trainer, result, 1, np.nan)
+    with server._lock:  # as if another worker were applying
+        assert server.submit(0, 0, result) == []  # left waiting; the worker goes on
+        assert server.submit(1, 0, second) == []
+        assert server.submit(2, 0, bad) == []
+        assert server.version == 0
+    calls = []
+    trainer.learner.optimizer_steps = counting(trainer.learner.optimizer_steps, calls)
+    with pytest.raises(a3c.NonFiniteUpdate) as refused:
+        server.submit(3, 0, result)  # finds the lock free: applies all that wait
+    # One optimizer call for the batch of 4; the bad one's flags in it make the server apply
+    # the 2 before it again, from the state before the batch.
+    assert calls == [4, 2]
+    assert refused.value.update == 3 and "params" in str(refused.value)
+    # The two before the bad one are applied in arrival order; it and the one after are not.
+    assert server.version == server.snapshot().version == 2
+    assert [(rec.worker, rec.applied_version, rec.staleness) for rec, *_ in server.history] == [
+        (0, 0, 0), (1, 1, 1)]
+    np.testing.assert_array_equal(server.state, replay(trainer))
+    assert not server._waiting
