@@ -35,7 +35,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -224,23 +224,30 @@ def compiled_a3c_trainer(workers: int, *overrides: str) -> a3c.A3CTrainer:
     return trainer
 
 
-def a3c_throughput(workers: int, mode: str, repeats: int, total_steps: int) -> dict[str, Any]:
-    """A3C env steps/s, updates/s and mean staleness over `repeats` runs of `total_steps`, and
-    the CPU the workers spent: cores used (process CPU time / wall time) and CPU µs per update."""
-    steps, updates, staleness, cores, cpu_per_update = [], [], [], [], []
+def a3c_throughput(worker_counts: Sequence[int], mode: str, repeats: int,
+                   total_steps: int) -> list[dict[str, Any]]:
+    """A3C env steps/s, updates/s and mean staleness at each worker count, over `repeats` runs
+    of `total_steps` each, and the CPU the workers spent: cores used (process CPU time / wall
+    time) and CPU µs per update.
+
+    Each repeat runs every worker count once, in turn, so that the ratios between worker counts
+    compare runs minutes apart at most: this VM's speed drifts by tens of percent over minutes.
+    """
+    runs: dict[int, list[dict[str, float]]] = {workers: [] for workers in worker_counts}
     for r in range(repeats):
-        trainer = compiled_a3c_trainer(workers, f"algo.update={mode}",
-                                       f"total_steps={total_steps}", f"seed={r}")
-        _, cpu, elapsed = cpu_and_wall_seconds(trainer.run_to_completion)
-        records = trainer.server.drain_records()
-        steps.append(trainer.progress.env_steps / elapsed)
-        updates.append(len(records) / elapsed)
-        staleness.append(float(np.mean([rec.staleness for rec in records])))
-        cores.append(cpu / elapsed)
-        cpu_per_update.append(cpu / len(records) * 1e6)
-    return {"workers": workers, "update": mode, "steps_per_second": spread(steps),
-            "updates_per_second": spread(updates), "staleness_mean": spread(staleness),
-            "cores_used": spread(cores), "cpu_us_per_update": spread(cpu_per_update)}
+        for workers in worker_counts:
+            trainer = compiled_a3c_trainer(workers, f"algo.update={mode}",
+                                           f"total_steps={total_steps}", f"seed={r}")
+            _, cpu, elapsed = cpu_and_wall_seconds(trainer.run_to_completion)
+            records = trainer.server.drain_records()
+            runs[workers].append({
+                "steps_per_second": trainer.progress.env_steps / elapsed,
+                "updates_per_second": len(records) / elapsed,
+                "staleness_mean": float(np.mean([rec.staleness for rec in records])),
+                "cores_used": cpu / elapsed, "cpu_us_per_update": cpu / len(records) * 1e6})
+    return [{"workers": workers, "update": mode,
+             **{key: spread([run[key] for run in runs[workers]]) for key in runs[workers][0]}}
+            for workers in worker_counts]
 
 
 def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str, Any]:
@@ -613,10 +620,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a3c_workers = (tuple(int(w) for w in args.a3c_workers.split(",")) if args.a3c_workers
                        else A3C_WORKERS)
         for mode in UPDATE_MODES:
-            for workers in a3c_workers:
-                row = a3c_throughput(workers, mode, args.repeats, args.a3c_steps)
+            for row in a3c_throughput(a3c_workers, mode, args.repeats, args.a3c_steps):
                 results["a3c"].append(row)
-                print(f"A3C {mode} workers={workers}: "
+                print(f"A3C {mode} workers={row['workers']}: "
                       f"{row['steps_per_second']['median']:,.0f} steps/s", flush=True)
         results["a3c_ceiling"] = [a3c_compute_ceiling(w, args.repeats, args.seconds)
                                   for w in a3c_workers]
