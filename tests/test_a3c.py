@@ -267,6 +267,9 @@ def counting(fn, calls):
 def test_locked_results_wait_while_the_lock_is_taken_then_apply_in_order_in_one_call():
     _, trainer = make_trainer(["workers=4", "total_steps=500"], keep_history=True)
     server = trainer.server
+    assert server.batch_sizes == [1, 2, 4]  # batch sizes compiled: up to the worker count
+    assert a3c.batch_sizes(3) == [1, 2, 3] and a3c.batch_sizes(1) == [1]
+    assert a3c.batch_sizes(a3c.MAX_BATCH) == [1, 2, 4, 8, 16]
     result, report = rollout_result(trainer)
     second = spoiled(trainer, result, 0, np.asarray(result)[0] + 1.0)
     bad = spoiled(trainer, result, 1, np.nan)
