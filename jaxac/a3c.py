@@ -370,8 +370,8 @@ class ParameterServer:
         # is copied into XLA at every call, and each copy is a hand-off of the GIL.
         # (Committed to the state's device, as all the call's arguments are: jit compiles
         # separately for uncommitted ones.)
-        self.counts = [jax.device_put(np.int32(k), self.device) for k in range(MAX_BATCH + 1)]
-        self.unit_scales = {size: jax.device_put(np.ones(size, np.float32), self.device)
+        self._counts = [jax.device_put(np.int32(k), self.device) for k in range(MAX_BATCH + 1)]
+        self._unit_scales = {size: jax.device_put(np.ones(size, np.float32), self.device)
                              for size in self.batch_sizes}
         # Appended by workers, drained by the monitor (deque operations are atomic).
         self.records: collections.deque[UpdateRecord] = collections.deque()
@@ -419,9 +419,8 @@ class ParameterServer:
         `result` is any result vector of the workers' rollout call, on the server's device."""
         if self.mode == "locked":
             for size in self.batch_sizes:
-                jax.block_until_ready(self.learner.optimizer_steps(
-                    self._published.vector, (result,) * size, self.unit_scales[size],
-                    self.counts[size]))
+                jax.block_until_ready(self.learner.optimizer_steps(*self.optimizer_arguments(
+                    self._published.vector, [result] * size, [1.0] * size)))
         else:
             jax.block_until_ready(self.learner.apply_update(self._live, result, np.float32(1)))
 
@@ -457,11 +456,13 @@ class ParameterServer:
         """Locked mode, under the lock: apply `batch` in order with one optimizer call."""
         base, k = self.version, len(batch)
         scales = [self._scale(base + j - version) for j, (_, version, _) in enumerate(batch)]
-        state, info = self._optimizer_call([result for *_, result in batch], scales)
+        state, info = self.learner.optimizer_steps(*self.optimizer_arguments(
+            self._published.vector, [result for *_, result in batch], scales))
         rows = np.asarray(info)[:k].tolist()
         refused = next((j for j, row in enumerate(rows) if row[0]), None)
         if refused is not None:  # the call applied it and what followed: redo the good ones
-            state = (self._optimizer_call([r for *_, r in batch[:refused]], scales[:refused])[0]
+            state = (self.learner.optimizer_steps(*self.optimizer_arguments(
+                self._published.vector, [r for *_, r in batch[:refused]], scales[:refused]))[0]
                      if refused else self._published.vector)
         reports = []
         for j, row in enumerate(rows[:refused]):
@@ -475,18 +476,19 @@ class ParameterServer:
             raise NonFiniteUpdate(self.version + 1, int(rows[refused][0]))
         return reports
 
-    def _optimizer_call(self, results: list[jax.Array], scales: list[float]):
-        """`A3CLearner.optimizer_steps` on the current state for these results, padded to the
-        next batch size, with arguments committed to the server's device."""
+    def optimizer_arguments(self, state: jax.Array, results: list[jax.Array],
+                            scales: list[float]) -> tuple:
+        """The arguments of `A3CLearner.optimizer_steps` that apply `results` with `scales` to
+        `state` (locked mode): padded to the next batch size and committed to the server's
+        device, as every call of the run passes them, so that one compilation per size serves."""
         k = len(results)
         size = next(s for s in self.batch_sizes if s >= k)
-        if self.staleness_lr:
-            scale_vector = jax.device_put(np.float32(scales + [1.0] * (size - k)), self.device)
+        if scales == [1.0] * k:
+            scale_vector = self._unit_scales[size]
         else:
-            scale_vector = self.unit_scales[size]
-        return self.learner.optimizer_steps(self._published.vector,
-                                            tuple(results) + (results[-1],) * (size - k),
-                                            scale_vector, self.counts[k])
+            scale_vector = jax.device_put(np.float32(scales + [1.0] * (size - k)), self.device)
+        return (state, tuple(results) + (results[-1],) * (size - k), scale_vector,
+                self._counts[k])
 
     def _apply_now(self, worker: int, snapshot_version: int, result: jax.Array) -> Report:
         """Hogwild: apply one update in place, without a lock."""

@@ -275,8 +275,8 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
             if not optimizer_step:
                 jax.block_until_ready(result)
                 continue
-            state, info = learner.optimizer_steps(state, (result,), server.unit_scales[1],
-                                                  server.counts[1])
+            state, info = learner.optimizer_steps(
+                *server.optimizer_arguments(state, [result], [1.0]))
             learner.read_report(np.asarray(info)[0, 1:].tolist())
 
     rows: dict[str, Any] = {"workers": workers}
@@ -330,7 +330,7 @@ def a3c_call_floor(repeats: int, seconds: float) -> dict[str, Any]:
         "rollout_and_gradient": (learner.rollout_and_gradient,
                                  (snapshot, env_vector, entropy_coef)),
         "optimizer_step": (learner.optimizer_steps,
-                           (snapshot, (result,), server.unit_scales[1], server.counts[1]))}
+                           server.optimizer_arguments(snapshot, [result], [1.0]))}
     for name, (fn, args) in list(calls.items()):
         calls[f"{name}_hollow"] = (hollow(fn, *args), args)
     rows = {}
