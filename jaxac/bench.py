@@ -7,8 +7,9 @@ Measures, in one process (time-to-solve runs are subprocesses, as a user would s
 - the FLOP-bound limit for the same work: the floating-point operations of one training env step
   (XLA's count for the rollout's forward pass plus the loss's forward and backward pass), divided
   into the matrix-multiply rate measured here, between each row's training repeats; training
-  throughput as a fraction of it, and the inference-only rate (policy forward + env step, no
-  learning) at each batch size;
+  throughput as a fraction of it, the inference-only rate (policy forward + env step, no
+  learning) and the rate of the update's network passes alone (forward and backward, nothing
+  else: how close the trainer could come if the rest were free) at each batch size;
 - A3C env steps/s and updates/s at 1, 2, 4, 8 and 16 workers in both update modes, with the mean
   staleness, the CPU they used, the most the workers' jitted calls alone reach, and XLA's fixed
   cost per update (the two calls with their math removed);
@@ -175,14 +176,19 @@ def a2c_throughput(env: str, workers: int, repeats: int, seconds: float,
         training += timed_repeats(lambda: train(n), 1)
 
     inference = inference_rates(cfg, spec, network, workers, repeats, seconds)
+    network_passes, network_pass_flops = network_pass_rates(cfg, spec, network, workers,
+                                                            repeats, seconds)
     flop = training_flops_per_step(cfg, spec, network, workers)
+    flop["network_passes_per_step"] = network_pass_flops
     limit = statistics.median(matmul) / flop["total_per_step"]
     return {"env": cfg.env.name, "workers": workers, "compile_seconds": compile_seconds,
             "train_steps_per_second": spread(training),
             "inference_steps_per_second": spread(inference),
+            "network_pass_steps_per_second": spread(network_passes),
             "matmul_flops_per_second": spread(matmul),
             "flops": flop, "flop_bound_steps_per_second": limit,
-            "fraction_of_flop_bound": statistics.median(training) / limit}
+            "fraction_of_flop_bound": statistics.median(training) / limit,
+            "network_pass_fraction_of_flop_bound": statistics.median(network_passes) / limit}
 
 
 def inference_rates(cfg, spec, network, workers: int, repeats: int,
@@ -209,6 +215,61 @@ def inference_rates(cfg, spec, network, workers: int, repeats: int,
 
     n = calibrate(run, seconds)
     return timed_repeats(lambda: run(n), repeats)
+
+
+def network_pass_rates(cfg, spec, network, workers: int, repeats: int,
+                       seconds: float) -> tuple[list[float], float]:
+    """Env steps/s of a training update's network passes alone: the rollout's `ROLLOUT` policy
+    forward passes over `workers` observations, and the loss's forward pass (policy and value)
+    and backward pass over the [ROLLOUT, workers] trajectory, with the value of the next
+    observations; no environment, sampling, loss terms, optimizer or bookkeeping.
+
+    This is the work the FLOP count counts, as XLA's CPU kernels run it: how close to the
+    FLOP-bound limit the trainer could get if everything else were free. The passes are
+    `vmap`ped over a seed axis of one, as the trainer compiles them. Returns the rates and XLA's
+    FLOP count of the passes per env step (to compare with the training step's)."""
+    from jaxac.envs import reset_envs
+
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1,) + spec.obs_shape))
+    envs = reset_envs(spec, jax.random.split(jax.random.PRNGKey(1), workers))
+    _, traj = jax.jit(lambda p, e: core.rollout(network.apply, p, init_obs_stats(spec.obs_shape),
+                                                e, spec, ROLLOUT, False))(params, envs)
+
+    def policy_output(p, obs) -> jax.Array:  # logits or Gaussian means
+        return jax.tree.leaves(network.apply(p, obs)[0])[0]
+
+    # Fixed random weights on the outputs make the backward pass start from a cotangent that
+    # varies per sample, as the loss's does (a plain sum lets XLA simplify the last layer).
+    policy_shape = jax.eval_shape(policy_output, params, traj.obs_tm1).shape
+    k_policy, k_value = jax.random.split(jax.random.PRNGKey(2))
+    policy_weight = jax.random.normal(k_policy, policy_shape)
+    value_weight = jax.random.normal(k_value, traj.reward_t.shape)
+
+    def weighted_outputs(p, obs):  # one scalar to differentiate
+        dist, value = network.apply(p, obs)
+        return (jnp.sum(jax.tree.leaves(dist)[0] * policy_weight)
+                + jnp.sum(value * value_weight))
+
+    def passes(p):
+        acting = sum(jnp.sum(policy_output(p, traj.obs_tm1[t])) for t in range(ROLLOUT))
+        next_value = jnp.sum(network.apply(p, traj.obs_t)[1])
+        grads = jax.grad(weighted_outputs)(p, traj.obs_tm1)
+        # A tiny step that depends on every pass, so that each iteration needs the one before.
+        return jax.tree.map(lambda x, g: x - 1e-9 * g - 1e-12 * (acting + next_value), p, grads)
+
+    @jax.jit
+    def run_passes(p, n):
+        return jax.lax.fori_loop(0, n, lambda _, q: jax.vmap(passes)(q), p)
+
+    holder = {"params": jax.tree.map(lambda x: x[None], params)}
+
+    def run(n: int) -> int:
+        holder["params"] = jax.block_until_ready(run_passes(holder["params"], n))
+        return n * ROLLOUT * workers
+
+    n = calibrate(run, seconds)
+    flops_per_step = flops(jax.vmap(passes), holder["params"]) / (ROLLOUT * workers)
+    return timed_repeats(lambda: run(n), repeats), flops_per_step
 
 
 # ----- A3C ----------------------------------------------------------------------------------------
@@ -407,14 +468,19 @@ def report(results: dict[str, Any]) -> str:
         lines += ["", "A2C (rollout_length 5)",
                   f"{'env':<16}{'workers':>8}{'compile s':>10}  {'train steps/s':<30}"
                   f"{'matmul GFLOP/s':>15}{'FLOP-bound':>12}{'fraction':>9}  "
-                  f"{'inference steps/s':<30}"]
+                  f"{'inference steps/s':<32}{'network passes steps/s':<32}{'fraction':>8}"]
         for r in results["a2c"]:
             lines.append(f"{r['env']:<16}{r['workers']:>8}{r['compile_seconds']:>10.1f}  "
                          f"{_fmt_spread(r['train_steps_per_second']):<30}"
                          f"{r['matmul_flops_per_second']['median'] / 1e9:>15,.1f}"
                          f"{r['flop_bound_steps_per_second']:>12,.0f}"
                          f"{r['fraction_of_flop_bound']:>9.1%}  "
-                         f"{_fmt_spread(r['inference_steps_per_second']):<30}")
+                         f"{_fmt_spread(r['inference_steps_per_second']):<32}"
+                         f"{_fmt_spread(r['network_pass_steps_per_second']):<32}"
+                         f"{r['network_pass_fraction_of_flop_bound']:>8.1%}")
+        lines.append("network passes: the update's forward and backward passes alone (no env, "
+                     "sampling, loss terms or optimizer), the most the trainer could reach with "
+                     "everything else free")
     if results.get("a3c"):
         lines += ["", "A3C (CartPole-v1, 1 env per worker, rollout_length 5)",
                   f"{'update':<9}{'workers':>8}  {'env steps/s':<28}{'updates/s':<26}"
@@ -519,7 +585,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         rows = [r for r in results["a2c"] if r["env"] == env]
         w = [r["workers"] for r in rows]
         for key, style, label in (("train_steps_per_second", "-o", "training"),
-                                  ("inference_steps_per_second", "--s", "inference only")):
+                                  ("inference_steps_per_second", "--s", "inference only"),
+                                  ("network_pass_steps_per_second", "-.d", "network passes only")):
             _errorbar(ax, w, [r[key] for r in rows], fmt=style, color=f"C{i}",
                       label=f"{env}: {label}")
         ax.plot(w, [r["flop_bound_steps_per_second"] for r in rows], ":", color=f"C{i}",

@@ -23,6 +23,12 @@ def test_bench_measures_and_reports(tmp_path):
         # a training step costs more FLOPs than acting, and the conv torso more than the MLP
         assert row["flops"]["loss_and_grad_per_step"] > row["flops"]["forward_per_step"] > 0
         assert 0 < row["fraction_of_flop_bound"] < 1
+        # the network passes alone are the same work as the counted training step
+        assert abs(row["flops"]["network_passes_per_step"] / row["flops"]["total_per_step"]
+                   - 1) < 0.05
+        assert row["network_pass_steps_per_second"]["n"] == 2
+        passes_limit = row["network_pass_steps_per_second"]["median"] / limit
+        assert abs(row["network_pass_fraction_of_flop_bound"] / passes_limit - 1) < 1e-9
     cartpole, breakout = saved["a2c"]
     assert breakout["flops"]["total_per_step"] > 10 * cartpole["flops"]["total_per_step"]
     assert [(r["update"], r["workers"]) for r in saved["a3c"]] == [
