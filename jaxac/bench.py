@@ -124,6 +124,20 @@ def flops(fn: Callable, *args) -> float:
     return float(analysis["flops"])
 
 
+def sample_trajectory(spec, network, workers: int, normalize_obs: bool = False
+                      ) -> tuple[Any, core.Trajectory]:
+    """Freshly initialised parameters, and one `ROLLOUT`-step trajectory of `workers` fresh
+    environments acted in with them: the inputs of a training step, to count or time it on."""
+    from jaxac.envs import reset_envs
+
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1,) + spec.obs_shape))
+    stats = init_obs_stats(spec.obs_shape)
+    envs = reset_envs(spec, jax.random.split(jax.random.PRNGKey(1), workers))
+    _, traj = jax.jit(lambda p, e: core.rollout(network.apply, p, stats, e, spec, ROLLOUT,
+                                                normalize_obs))(params, envs)
+    return params, traj
+
+
 def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float]:
     """FLOPs of one training env step: the rollout's policy forward pass per step, plus the
     loss's forward and backward pass over a [rollout, workers] trajectory, per env step.
@@ -132,14 +146,10 @@ def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float
     its forward pass is counted without it, as compiled. With the MLP's separate critic stream
     that is about half the network's full forward pass."""
     from jaxac.config import loss_config
-    from jaxac.envs import reset_envs
 
     loss = loss_config(cfg)
-    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1,) + spec.obs_shape))
     stats = init_obs_stats(spec.obs_shape)
-    envs = reset_envs(spec, jax.random.split(jax.random.PRNGKey(1), workers))
-    _, traj = jax.jit(lambda p, e: core.rollout(network.apply, p, stats, e, spec, ROLLOUT,
-                                                loss.normalize_obs))(params, envs)
+    params, traj = sample_trajectory(spec, network, workers, loss.normalize_obs)
     obs = jnp.zeros((workers,) + spec.obs_shape)
     forward = flops(lambda p, o: network.apply(p, o)[0], params, obs)  # the policy only
     backward = flops(lambda p, t: core.gradients(p, network.apply, stats, t, loss), params, traj)
@@ -228,12 +238,7 @@ def network_pass_rates(cfg, spec, network, workers: int, repeats: int,
     FLOP-bound limit the trainer could get if everything else were free. The passes are
     `vmap`ped over a seed axis of one, as the trainer compiles them. Returns the rates and XLA's
     FLOP count of the passes per env step (to compare with the training step's)."""
-    from jaxac.envs import reset_envs
-
-    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1,) + spec.obs_shape))
-    envs = reset_envs(spec, jax.random.split(jax.random.PRNGKey(1), workers))
-    _, traj = jax.jit(lambda p, e: core.rollout(network.apply, p, init_obs_stats(spec.obs_shape),
-                                                e, spec, ROLLOUT, False))(params, envs)
+    params, traj = sample_trajectory(spec, network, workers)
 
     def policy_output(p, obs) -> jax.Array:  # logits or Gaussian means
         return jax.tree.leaves(network.apply(p, obs)[0])[0]
@@ -246,6 +251,7 @@ def network_pass_rates(cfg, spec, network, workers: int, repeats: int,
     value_weight = jax.random.normal(k_value, traj.reward_t.shape)
 
     def weighted_outputs(p, obs):  # one scalar to differentiate
+        # One apply for both heads: two would give a shared torso two backward passes.
         dist, value = network.apply(p, obs)
         return (jnp.sum(jax.tree.leaves(dist)[0] * policy_weight)
                 + jnp.sum(value * value_weight))
