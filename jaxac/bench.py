@@ -1,6 +1,7 @@
 """`python -m jaxac.bench`: how fast jaxac trains, and how far that is from the machine's limit.
 
-Measures, in one process (time-to-solve runs are subprocesses, as a user would start them):
+Measures, in one process (time-to-solve runs are subprocesses, as a user would start them, and
+so is the one-core A2C run, whose thread pools must be sized before JAX starts):
 
 - A2C env steps/s on CartPole-v1 at workers 8, 64, 512, 4096 and on Breakout-MinAtar at 64 and
   512 (`rollout_length` 5), compile seconds apart from steady state;
@@ -10,6 +11,8 @@ Measures, in one process (time-to-solve runs are subprocesses, as a user would s
   throughput as a fraction of it, the inference-only rate (policy forward + env step, no
   learning) and the rate of the update's network passes alone (forward and backward, nothing
   else: how close the trainer could come if the rest were free) at each batch size;
+- the CartPole-v1 A2C rows again with XLA's CPU thread pools sized to one thread (a child
+  process with PJRT_NPROC=1): what the other cores add, and the FLOP-bound fraction on one core;
 - A3C env steps/s and updates/s at 1, 2, 4, 8 and 16 workers in both update modes, with the mean
   staleness, the CPU they used, the most the workers' jitted calls alone reach, and XLA's fixed
   cost per update (the two calls with their math removed);
@@ -160,12 +163,11 @@ def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float
 
 # ----- A2C ----------------------------------------------------------------------------------------
 
-def a2c_throughput(env: str, workers: int, repeats: int, seconds: float,
-                   matmul_rate: Callable[[], float]) -> dict[str, Any]:
-    """Steady-state training and inference env steps/s of A2C at one batch size, and the fraction
-    of the FLOP-bound limit. `matmul_rate()` measures the machine's matrix-multiply rate once;
-    it is measured between the training repeats, so that the limit and the training see the same
-    machine (a shared VM's speed drifts by tens of percent within minutes)."""
+def a2c_training_rates(env: str, workers: int, repeats: int, seconds: float,
+                       matmul_rate: Callable[[], float]) -> tuple:
+    """Train A2C at one batch size and measure it: (cfg, spec, network, compile seconds,
+    training env steps/s per repeat, the matrix-multiply rate measured before each repeat,
+    CPU cores the training used per repeat: process CPU time / wall time)."""
     cfg = compose_config([f"env={env}", f"workers={workers}", f"rollout_length={ROLLOUT}",
                           "compilation_cache_dir=null"])
     spec = make_env(cfg.env.name)
@@ -180,11 +182,23 @@ def a2c_throughput(env: str, workers: int, repeats: int, seconds: float,
         return n * trainer.steps_per_update
 
     n = calibrate(train, seconds)
-    training, matmul = [], []
+    training, matmul, cores = [], [], []
     for _ in range(repeats):
         matmul.append(matmul_rate())
-        training += timed_repeats(lambda: train(n), 1)
+        steps, cpu, wall = cpu_and_wall_seconds(lambda: train(n))
+        training.append(steps / wall)
+        cores.append(cpu / wall)
+    return cfg, spec, network, compile_seconds, training, matmul, cores
 
+
+def a2c_throughput(env: str, workers: int, repeats: int, seconds: float,
+                   matmul_rate: Callable[[], float]) -> dict[str, Any]:
+    """Steady-state training and inference env steps/s of A2C at one batch size, and the fraction
+    of the FLOP-bound limit. `matmul_rate()` measures the machine's matrix-multiply rate once;
+    it is measured between the training repeats, so that the limit and the training see the same
+    machine (a shared VM's speed drifts by tens of percent within minutes)."""
+    cfg, spec, network, compile_seconds, training, matmul, _ = a2c_training_rates(
+        env, workers, repeats, seconds, matmul_rate)
     inference = inference_rates(cfg, spec, network, workers, repeats, seconds)
     network_passes, network_pass_flops = network_pass_rates(cfg, spec, network, workers,
                                                             repeats, seconds)
@@ -276,6 +290,67 @@ def network_pass_rates(cfg, spec, network, workers: int, repeats: int,
     n = calibrate(run, seconds)
     flops_per_step = flops(jax.vmap(passes), holder["params"]) / (ROLLOUT * workers)
     return timed_repeats(lambda: run(n), repeats), flops_per_step
+
+
+# ----- A2C on one core ----------------------------------------------------------------------------
+
+# XLA's CPU client sizes its thread pools from PJRT_NPROC when it is set (else one thread per
+# core). It is read when the client is created, so the one-core run needs its own process.
+ONE_CORE_ENVIRONMENT = {"PJRT_NPROC": "1"}
+
+
+def a2c_one_core_rates(workers_list: Sequence[int], repeats: int, seconds: float
+                       ) -> list[dict[str, Any]]:
+    """CartPole-v1 A2C training env steps/s, the matrix-multiply rate (measured before each
+    training repeat) and the CPU cores the training used, at each batch size, in this process as
+    it is: `a2c_one_core` runs it in a process whose XLA thread pools have one thread."""
+    matmul_rate = matmul_timer(default_matmul_size())
+    rows = []
+    for workers in workers_list:
+        *_, training, matmul, cores = a2c_training_rates("cartpole", workers, repeats, seconds,
+                                                         matmul_rate)
+        rows.append({"workers": workers, "train_steps_per_second": spread(training),
+                     "matmul_flops_per_second": spread(matmul), "cores_used": spread(cores),
+                     "xla_cpu_threads": os.environ.get("PJRT_NPROC")})
+    return rows
+
+
+def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
+                 ) -> list[dict[str, Any]]:
+    """The CartPole-v1 rows of the A2C table again, with XLA's CPU thread pools sized to one
+    thread (a child process with PJRT_NPROC=1): what the machine's other cores add.
+
+    Each row gets the one-core fraction of the one-core FLOP-bound limit (the same FLOPs per step
+    as the A2C row, over the matrix-multiply rate on one thread) and the speedup of the A2C row
+    (all cores) over one core. If more cores could at best multiply the one-core throughput by
+    their number, the all-core fraction could not exceed the one-core fraction times
+    `cores * one-core matmul rate / all-core matmul rate`: the `most_with_linear_scaling` bound.
+    """
+    rows = {r["workers"]: r for r in a2c_rows if r["env"] == "CartPole-v1"}
+    if not rows:
+        return []
+    code = ("import json, sys\n"
+            "from jaxac.bench import a2c_one_core_rates\n"
+            f"rows = a2c_one_core_rates({sorted(rows)}, {repeats}, {seconds})\n"
+            "print(json.dumps(rows))")
+    child = subprocess.run([sys.executable, "-c", code], env=os.environ | ONE_CORE_ENVIRONMENT,
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the one-core A2C measurement failed:\n{child.stderr[-3000:]}")
+    cores = os.cpu_count() or 1
+    measured = json.loads(child.stdout.strip().splitlines()[-1])
+    for one in measured:
+        full = rows[one["workers"]]
+        flops_per_step = full["flops"]["total_per_step"]
+        one_matmul = one["matmul_flops_per_second"]["median"]
+        one["fraction_of_one_core_flop_bound"] = (
+            one["train_steps_per_second"]["median"] * flops_per_step / one_matmul)
+        one["all_cores_speedup"] = (full["train_steps_per_second"]["median"]
+                                    / one["train_steps_per_second"]["median"])
+        one["most_with_linear_scaling"] = (
+            one["fraction_of_one_core_flop_bound"] * cores * one_matmul
+            / full["matmul_flops_per_second"]["median"])
+    return measured
 
 
 # ----- A3C ----------------------------------------------------------------------------------------
@@ -487,6 +562,21 @@ def report(results: dict[str, Any]) -> str:
         lines.append("network passes: the update's forward and backward passes alone (no env, "
                      "sampling, loss terms or optimizer), the most the trainer could reach with "
                      "everything else free")
+    if results.get("a2c_one_core"):
+        lines += ["", "A2C on one core: the CartPole-v1 rows with XLA's CPU thread pools sized to "
+                      "one thread (PJRT_NPROC=1, a child process)",
+                  f"{'workers':>7}  {'train steps/s':<30}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
+                  f"{'fraction':>10}{f'{cores} cores / 1':>14}{'bound':>8}"]
+        for r in results["a2c_one_core"]:
+            lines.append(f"{r['workers']:>7}  {_fmt_spread(r['train_steps_per_second']):<30}"
+                         f"{r['cores_used']['median']:>10.2f}"
+                         f"{r['matmul_flops_per_second']['median'] / 1e9:>16,.1f}"
+                         f"{r['fraction_of_one_core_flop_bound']:>10.1%}"
+                         f"{r['all_cores_speedup']:>13.2f}x"
+                         f"{r['most_with_linear_scaling']:>8.1%}")
+        lines.append(f"fraction: of one core's FLOP-bound limit; {cores} cores / 1: the A2C row's "
+                     f"speedup over one core; bound: the most the A2C row's fraction could be if "
+                     f"{cores} cores multiplied the one-core rate by {cores}")
     if results.get("a3c"):
         lines += ["", "A3C (CartPole-v1, 1 env per worker, rollout_length 5)",
                   f"{'update':<9}{'workers':>8}  {'env steps/s':<28}{'updates/s':<26}"
@@ -597,6 +687,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
                       label=f"{env}: {label}")
         ax.plot(w, [r["flop_bound_steps_per_second"] for r in rows], ":", color=f"C{i}",
                 label=f"{env}: FLOP-bound limit")
+    one_core = results.get("a2c_one_core", [])
+    if one_core:
+        _errorbar(ax, [r["workers"] for r in one_core],
+                  [r["train_steps_per_second"] for r in one_core], fmt=":o", color="grey",
+                  label="CartPole-v1: training on one core")
     ax.set(xscale="log", yscale="log", xlabel="workers (environments)", ylabel="env steps / s",
            title="A2C")
     ax.grid(alpha=0.3, which="both")
@@ -688,6 +783,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["a2c"].append(row)
                 print(f"A2C {row['env']} workers={workers}: "
                       f"{row['train_steps_per_second']['median']:,.0f} steps/s", flush=True)
+        if jax.default_backend() == "cpu":  # PJRT_NPROC sizes the CPU client's pools only
+            results["a2c_one_core"] = a2c_one_core(results["a2c"], args.repeats, args.seconds)
     if "a3c" in sections:
         results["a3c"] = []
         a3c_workers = (tuple(int(w) for w in args.a3c_workers.split(",")) if args.a3c_workers

@@ -30,6 +30,19 @@ def test_bench_measures_and_reports(tmp_path):
         passes_limit = row["network_pass_steps_per_second"]["median"] / limit
         assert abs(row["network_pass_fraction_of_flop_bound"] / passes_limit - 1) < 1e-9
     cartpole, breakout = saved["a2c"]
+    [one_core] = saved["a2c_one_core"]  # the CartPole rows only, rerun with one XLA thread
+    assert one_core["workers"] == 8 and one_core["xla_cpu_threads"] == "1"
+    assert one_core["train_steps_per_second"]["n"] == 2
+    one_core_limit = (one_core["matmul_flops_per_second"]["median"]
+                      / cartpole["flops"]["total_per_step"])
+    assert abs(one_core["fraction_of_one_core_flop_bound"] * one_core_limit
+               / one_core["train_steps_per_second"]["median"] - 1) < 1e-9
+    assert abs(one_core["all_cores_speedup"] * one_core["train_steps_per_second"]["median"]
+               / cartpole["train_steps_per_second"]["median"] - 1) < 1e-9
+    cores = saved["cpu_cores"]
+    assert abs(one_core["most_with_linear_scaling"] * cartpole["matmul_flops_per_second"]["median"]
+               / (one_core["fraction_of_one_core_flop_bound"] * cores
+                  * one_core["matmul_flops_per_second"]["median"]) - 1) < 1e-9
     assert breakout["flops"]["total_per_step"] > 10 * cartpole["flops"]["total_per_step"]
     assert [(r["update"], r["workers"]) for r in saved["a3c"]] == [
         ("locked", 1), ("locked", 2), ("hogwild", 1), ("hogwild", 2)]
@@ -50,6 +63,7 @@ def test_bench_measures_and_reports(tmp_path):
                 < floor[call]["cpu_us_per_call"]["median"] * 1.5)
     table = (tmp_path / "bench.txt").read_text()
     assert "FLOP-bound" in table and "hogwild" in table and "A3C ceiling" in table
+    assert "A2C on one core" in table
     assert "XLA's fixed cost is" in table
     assert "more workers can give at most" in table and "alone caps this machine" in table
     assert "whole updates top out at" in table and "2 threads give" in table
