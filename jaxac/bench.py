@@ -48,6 +48,7 @@ import numpy as np
 from jaxac import a2c, a3c, core
 from jaxac.checkpoint import network_from_config
 from jaxac.config import compose_config
+from jaxac.cpu_dispatch import THREADS_VARIABLE, xla_cpu_threads
 from jaxac.envs import make_env
 from jaxac.metrics import environment_info, write_json
 from jaxac.normalization import init_obs_stats
@@ -294,9 +295,9 @@ def network_pass_rates(cfg, spec, network, workers: int, repeats: int,
 
 # ----- A2C on one core ----------------------------------------------------------------------------
 
-# XLA's CPU client sizes its thread pools from PJRT_NPROC when it is set (else one thread per
-# core). It is read when the client is created, so the one-core run needs its own process.
-ONE_CORE_ENVIRONMENT = {"PJRT_NPROC": "1"}
+# XLA's CPU client sizes its thread pools when JAX starts, so the one-core run needs its own
+# process, started with one thread (what `xla_cpu_threads=1` gives a run; jaxac/cpu_dispatch.py).
+ONE_CORE_ENVIRONMENT = {THREADS_VARIABLE: "1"}
 
 
 def a2c_one_core_rates(workers_list: Sequence[int], repeats: int, seconds: float
@@ -311,7 +312,7 @@ def a2c_one_core_rates(workers_list: Sequence[int], repeats: int, seconds: float
                                                          matmul_rate)
         rows.append({"workers": workers, "train_steps_per_second": spread(training),
                      "matmul_flops_per_second": spread(matmul), "cores_used": spread(cores),
-                     "xla_cpu_threads": os.environ.get("PJRT_NPROC")})
+                     "xla_cpu_threads": xla_cpu_threads()})
     return rows
 
 

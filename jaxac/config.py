@@ -93,6 +93,9 @@ class Config:
     # JAX's persistent compilation cache: a repeated run loads its compiled programs instead of
     # compiling again. null turns it off.
     compilation_cache_dir: Optional[str] = "~/.cache/jaxac/jax"
+    # Threads of XLA's CPU thread pools (PJRT_NPROC), fixed when JAX starts; null: one per core.
+    # 1 suits runs side by side (sweep jobs, one per core) and A2C up to a few hundred workers.
+    xla_cpu_threads: Optional[int] = None
 
 
 def register_configs() -> None:
@@ -178,6 +181,7 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
         _require(not make_env(cfg.env.name).discrete, "network.log_std_init",
                  cfg.network.log_std_init, f"unset (null) for {cfg.env.name}, whose actions are "
                  "discrete: it sets the Gaussian policy of continuous-action environments")
+    validate_xla_cpu_threads(cfg)
     if cfg.devices is not None:
         _require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
                  f"between 1 and the {available_devices} available device(s), or null for all")
@@ -188,6 +192,13 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
         _require(cfg.workers % n_devices == 0, "workers", cfg.workers,
                  f"a multiple of the number of devices ({n_devices}), so the environment batch "
                  "splits evenly")
+
+
+def validate_xla_cpu_threads(cfg: DictConfig) -> None:
+    """Check `xla_cpu_threads` alone: it is applied before JAX starts, ahead of `validate`."""
+    threads = cfg.get("xla_cpu_threads")
+    _require(threads is None or threads >= 1, "xla_cpu_threads", threads,
+             "an integer >= 1, or null for one thread per core")
 
 
 def _validate_a3c(cfg: DictConfig) -> None:
@@ -229,7 +240,8 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
 
 # What a resumed run may change: how long it goes on and how it reports, never what it learns.
 RESUME_CHANGEABLE = {"total_steps": int, "eval_episodes": int, "progress_seconds": (int, float),
-                     "checkpoint_every": int, "checkpoint_keep": int, "devices": (int, type(None))}
+                     "checkpoint_every": int, "checkpoint_keep": int, "devices": (int, type(None)),
+                     "xla_cpu_threads": (int, type(None))}
 
 
 def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:

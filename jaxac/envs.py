@@ -7,12 +7,13 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.environments import spaces
+
+# gymnax is imported where it is used: importing it creates JAX arrays, which starts JAX's CPU
+# client, and XLA's thread pools must be sized before that (see jaxac/cpu_dispatch.py).
 
 # Classic "solved" thresholds (Gym's reward_threshold) for the environments that have one.
 KNOWN_SOLVE_THRESHOLDS = {
@@ -30,6 +31,8 @@ def solve_threshold(name: str, configured: float | None) -> float | None:
 
 def env_names() -> list[str]:
     """Names of every registered gymnax environment."""
+    import gymnax
+
     return list(gymnax.registered_envs)
 
 
@@ -63,6 +66,8 @@ class EnvSpec:
 
 def spec_from_env(name: str, env: Any, params: Any) -> EnvSpec:
     """Describe an instantiated gymnax environment (also used for the probe environments in tests)."""
+    from gymnax.environments import spaces
+
     action_space = env.action_space(params)
     obs_shape = tuple(env.observation_space(params).shape)
     max_steps = int(getattr(params, "max_steps_in_episode", 0))
@@ -83,6 +88,8 @@ def make_env(name: str) -> EnvSpec:
     """Instantiate a registered gymnax environment by name."""
     if name not in env_names():
         raise ValueError(unknown_env_message(name))
+    import gymnax
+
     env, params = gymnax.make(name)
     return spec_from_env(name, env, params)
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxac.cpu_dispatch import cpu_dispatch
+from jaxac.cpu_dispatch import cpu_dispatch, xla_cpu_threads
 
 log = logging.getLogger("jaxac")
 
@@ -158,6 +158,7 @@ def environment_info() -> dict:
         "cpu_count": os.cpu_count(),
         "jax_backend": jax.default_backend(),
         "cpu_dispatch": cpu_dispatch(),  # see jaxac/cpu_dispatch.py
+        "xla_cpu_threads": xla_cpu_threads(),  # None: one per core
         "devices": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
                     for d in devices],
     }

@@ -31,7 +31,9 @@ from jaxac import a2c, a3c
 from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import Checkpointer, find_checkpoint, network_from_config, save_policy
-from jaxac.config import CONF_DIR, ConfigError, register_configs, resume_config, validate
+from jaxac.config import (CONF_DIR, ConfigError, register_configs, resume_config, validate,
+                          validate_xla_cpu_threads)
+from jaxac.cpu_dispatch import ThreadsAlreadyFixed, use_xla_cpu_threads
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
 from jaxac.results import TrainResult
@@ -62,6 +64,7 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
         cfg = resume_config(cfg.resume, overrides)
         run_dir = cfg.resume
         checkpoint = find_checkpoint(run_dir)
+    use_xla_threads(cfg)  # before anything starts JAX
     validate(cfg, len(jax.devices()))
     use_compilation_cache(cfg.compilation_cache_dir)
     run_dir = Path(run_dir)
@@ -119,6 +122,16 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
              f"{_fmt(ev['return_mean'])}; solved: "
              f"{summary['solved']['all_seeds'] if threshold is not None else 'n/a (no threshold)'}")
     return summary
+
+
+def use_xla_threads(cfg: DictConfig) -> None:
+    """Apply `xla_cpu_threads` (see jaxac/cpu_dispatch.py); ConfigError if it is invalid or JAX
+    already runs in this process with another thread count (a sweep job in a reused process)."""
+    validate_xla_cpu_threads(cfg)
+    try:
+        use_xla_cpu_threads(cfg.get("xla_cpu_threads"))
+    except ThreadsAlreadyFixed as fixed:
+        raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
 
 
 def use_compilation_cache(directory: str | None) -> None:

@@ -31,7 +31,7 @@ def test_bench_measures_and_reports(tmp_path):
         assert abs(row["network_pass_fraction_of_flop_bound"] / passes_limit - 1) < 1e-9
     cartpole, breakout = saved["a2c"]
     [one_core] = saved["a2c_one_core"]  # the CartPole rows only, rerun with one XLA thread
-    assert one_core["workers"] == 8 and one_core["xla_cpu_threads"] == "1"
+    assert one_core["workers"] == 8 and one_core["xla_cpu_threads"] == 1
     assert one_core["train_steps_per_second"]["n"] == 2
     one_core_limit = (one_core["matmul_flops_per_second"]["median"]
                       / cartpole["flops"]["total_per_step"])

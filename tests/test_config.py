@@ -29,6 +29,7 @@ BAD = [
     (["network.log_std_init=-0.5"], "network.log_std_init", "discrete"),  # CartPole: discrete
     (["checkpoint_every=-1"], "checkpoint_every", "-1"),
     (["checkpoint_keep=0"], "checkpoint_keep", "0"),
+    (["xla_cpu_threads=0"], "xla_cpu_threads", "0"),
 ]
 
 

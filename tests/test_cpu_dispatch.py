@@ -1,5 +1,6 @@
 """Importing jaxac makes CPU computations run inline, unless the environment or an existing JAX
-backend already decided; each case in a fresh process, since the choice is made once per process."""
+backend already decided; `xla_cpu_threads` sizes XLA's CPU thread pools. Each case in a fresh
+process, since both are fixed once per process, when JAX creates its CPU client."""
 
 import json
 import os
@@ -46,3 +47,54 @@ def test_the_environment_keeps_asynchronous_dispatch():
 
 def test_an_existing_backend_is_left_as_it_is():
     assert probe("--backend-first")["dispatch"] == "async"
+
+
+THREADS_PROBE = """
+import json, os, sys
+from jaxac.cpu_dispatch import use_xla_cpu_threads, xla_cpu_threads
+use_xla_cpu_threads(int(sys.argv[1]))
+import jax
+x = jax.numpy.ones((512, 512))
+jax.jit(lambda a: jax.numpy.tanh(a @ a) @ a + jax.numpy.tanh(a @ a.T) @ a)(x).block_until_ready()
+print(json.dumps({"threads": xla_cpu_threads(), "os_threads": len(os.listdir("/proc/self/task"))}))
+"""
+
+
+def threads_probe(threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"}
+    out = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(threads)], capture_output=True,
+                         text=True, env=env, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_xla_cpu_threads_sizes_the_pools():
+    one, four = threads_probe(1), threads_probe(4)
+    assert one["threads"] == 1 and four["threads"] == 4
+    assert four["os_threads"] >= one["os_threads"] + 3  # three more pool threads at least
+
+
+def test_a_started_jax_keeps_its_thread_count():
+    import jax
+    import pytest
+
+    from jaxac.config import ConfigError, compose_config
+    from jaxac.cpu_dispatch import xla_cpu_threads
+    from jaxac.run import use_xla_threads
+
+    jax.devices()  # JAX runs in this process from here on
+    other = (xla_cpu_threads() or 0) + 7
+    with pytest.raises(ConfigError) as info:
+        use_xla_threads(compose_config([f"xla_cpu_threads={other}"]))
+    assert info.value.key == "xla_cpu_threads" and "fresh process" in str(info.value)
+    use_xla_threads(compose_config([]))  # unset: nothing to apply, no error
+
+
+def test_a_run_records_its_thread_count(tmp_path):
+    from cli import run_jaxac
+
+    out = run_jaxac("xla_cpu_threads=1", "total_steps=2000", "eval_episodes=1",
+                    f"hydra.run.dir={tmp_path}/run", env={"PJRT_NPROC": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["environment"]["xla_cpu_threads"] == 1
+    assert summary["config"]["xla_cpu_threads"] == 1
