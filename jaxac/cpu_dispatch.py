@@ -76,16 +76,15 @@ def use_xla_cpu_threads(threads: int | None) -> None:
         return
     from jax._src import xla_bridge
 
-    wanted = str(int(threads))
+    threads = int(threads)
     if xla_bridge.backends_are_initialized():
-        current = os.environ.get(THREADS_VARIABLE)
-        if current != wanted:
+        if xla_cpu_threads() != threads:
+            current = os.environ.get(THREADS_VARIABLE) or "unset (one thread per core)"
             raise ThreadsAlreadyFixed(
-                f"JAX has already started in this process with "
-                f"{THREADS_VARIABLE}={current or 'unset (one thread per core)'}; start a fresh "
-                f"process (or set {THREADS_VARIABLE}={wanted} in its environment)")
+                f"JAX has already started in this process with {THREADS_VARIABLE}={current}; "
+                f"start a fresh process (or set {THREADS_VARIABLE}={threads} in its environment)")
         return
-    os.environ[THREADS_VARIABLE] = wanted
+    os.environ[THREADS_VARIABLE] = str(threads)
 
 
 def xla_cpu_threads() -> int | None:

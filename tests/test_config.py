@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxac.config import ConfigError, compose_config, validate
+from jaxac.config import ConfigError, compose_config, resume_config, validate
 
 BAD = [
     (["workers=0"], "workers", "0"),
@@ -84,6 +84,8 @@ def test_resume_refuses_to_change_what_the_run_learns(tmp_path):
     with pytest.raises(ConfigError) as info:  # cannot end before the checkpoint it starts from
         execute(compose_config([f"resume={tmp_path}"]), None, ["total_steps=2000"])
     assert info.value.key == "total_steps" and "4,000 env steps" in str(info.value)
+    # how many XLA threads it runs on is not what it learns: a resume may change it
+    assert resume_config(str(tmp_path), ["xla_cpu_threads=1"]).xla_cpu_threads == 1
 
 
 def test_workers_must_split_evenly_over_devices():
