@@ -12,7 +12,10 @@ so is the one-core A2C run, whose thread pools must be sized before JAX starts):
   learning) and the rate of the update's network passes alone (forward and backward, nothing
   else: how close the trainer could come if the rest were free) at each batch size;
 - the CartPole-v1 A2C rows again with XLA's CPU thread pools sized to one thread (a child
-  process with PJRT_NPROC=1): what the other cores add, and the FLOP-bound fraction on one core;
+  process with PJRT_NPROC=1): what the other cores add, and the FLOP-bound fraction on one core,
+  of the training and of its network passes alone;
+- the ceiling of a data-parallel split over the cores: each CartPole-v1 batch as one independent
+  trainer per core, in threads, with no gradient exchange;
 - A3C env steps/s and updates/s at 1, 2, 4, 8 and 16 workers in both update modes, with the mean
   staleness, the CPU they used, the most the workers' jitted calls alone reach, and XLA's fixed
   cost per update (the two calls with their math removed);
@@ -303,15 +306,18 @@ ONE_CORE_ENVIRONMENT = {THREADS_VARIABLE: "1"}
 def a2c_one_core_rates(workers_list: Sequence[int], repeats: int, seconds: float
                        ) -> list[dict[str, Any]]:
     """CartPole-v1 A2C training env steps/s, the matrix-multiply rate (measured before each
-    training repeat) and the CPU cores the training used, at each batch size, in this process as
-    it is: `a2c_one_core` runs it in a process whose XLA thread pools have one thread."""
+    training repeat), the CPU cores the training used and the rate of the update's network
+    passes alone, at each batch size, in this process as it is: `a2c_one_core` runs it in a
+    process whose XLA thread pools have one thread."""
     matmul_rate = matmul_timer(default_matmul_size())
     rows = []
     for workers in workers_list:
-        *_, training, matmul, cores = a2c_training_rates("cartpole", workers, repeats, seconds,
-                                                         matmul_rate)
+        cfg, spec, network, _, training, matmul, cores = a2c_training_rates(
+            "cartpole", workers, repeats, seconds, matmul_rate)
+        network_passes, _ = network_pass_rates(cfg, spec, network, workers, repeats, seconds)
         rows.append({"workers": workers, "train_steps_per_second": spread(training),
                      "matmul_flops_per_second": spread(matmul), "cores_used": spread(cores),
+                     "network_pass_steps_per_second": spread(network_passes),
                      "xla_cpu_threads": xla_cpu_threads()})
     return rows
 
@@ -326,6 +332,8 @@ def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
     (all cores) over one core. If more cores could at best multiply the one-core throughput by
     their number, the all-core fraction could not exceed the one-core fraction times
     `cores * one-core matmul rate / all-core matmul rate`: the `most_with_linear_scaling` bound.
+    The update's network passes alone get the same two figures (`network_pass_*`): whether the
+    other cores speed up even the matrix multiplies of this network.
     """
     rows = {r["workers"]: r for r in a2c_rows if r["env"] == "CartPole-v1"}
     if not rows:
@@ -351,7 +359,71 @@ def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
         one["most_with_linear_scaling"] = (
             one["fraction_of_one_core_flop_bound"] * cores * one_matmul
             / full["matmul_flops_per_second"]["median"])
+        one_passes = one["network_pass_steps_per_second"]["median"]
+        one["network_pass_fraction_of_one_core_flop_bound"] = (
+            one_passes * flops_per_step / one_matmul)
+        one["network_pass_all_cores_speedup"] = (
+            full["network_pass_steps_per_second"]["median"] / one_passes)
     return measured
+
+
+# ----- A2C split over the cores ---------------------------------------------------------------------
+
+def a2c_split_ceiling(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float,
+                      matmul_rate: Callable[[], float]) -> list[dict[str, Any]]:
+    """The most a data-parallel split of an A2C batch over this machine's cores could reach.
+
+    For each CartPole-v1 row whose workers divide evenly, `cores` independent A2C trainers of
+    workers / cores environments each train at once, one per Python thread (XLA runs each call
+    in the thread that makes it), and never exchange gradients. A synchronous split (one
+    gradient from the whole batch per update) does all of this work and more, so its env steps/s
+    can be at most theirs together: this is its ceiling, as a fraction of the row's FLOP-bound
+    limit (the matrix-multiply rate is measured between the repeats, as for the row).
+    """
+    cores = os.cpu_count() or 1
+    rows = []
+    for full in a2c_rows:
+        workers = full["workers"]
+        if full["env"] != "CartPole-v1" or cores < 2 or workers % cores:
+            continue
+        cfg = compose_config(["env=cartpole", f"workers={workers // cores}",
+                              f"rollout_length={ROLLOUT}", "compilation_cache_dir=null"])
+        spec = make_env(cfg.env.name)
+        network = network_from_config(cfg, spec)
+        trainers = [a2c.build_trainer(cfg, spec, network, jax.devices()[:1])
+                    for _ in range(cores)]
+        states = [trainer.init_state(i) for i, trainer in enumerate(trainers)]
+        for trainer, state in zip(trainers, states):
+            trainer.compile(state)
+
+        def train_all(n: int) -> int:
+            start = threading.Barrier(cores)
+
+            def train_one(i: int) -> None:
+                start.wait()
+                states[i], _ = trainers[i].run_updates(states[i], n)  # fetches metrics: synced
+
+            threads = [threading.Thread(target=train_one, args=(i,)) for i in range(cores)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return n * cores * trainers[0].steps_per_update
+
+        n = calibrate(train_all, seconds)
+        rates, matmul, cores_used = [], [], []
+        for _ in range(repeats):
+            matmul.append(matmul_rate())
+            steps, cpu, wall = cpu_and_wall_seconds(lambda: train_all(n))
+            rates.append(steps / wall)
+            cores_used.append(cpu / wall)
+        limit = statistics.median(matmul) / full["flops"]["total_per_step"]
+        rows.append({"workers": workers, "parts": cores, "steps_per_second": spread(rates),
+                     "matmul_flops_per_second": spread(matmul), "cores_used": spread(cores_used),
+                     "fraction_of_flop_bound": statistics.median(rates) / limit,
+                     "over_training": (statistics.median(rates)
+                                       / full["train_steps_per_second"]["median"])})
+    return rows
 
 
 # ----- A3C ----------------------------------------------------------------------------------------
@@ -567,17 +639,34 @@ def report(results: dict[str, Any]) -> str:
         lines += ["", "A2C on one core: the CartPole-v1 rows with XLA's CPU thread pools sized to "
                       "one thread (PJRT_NPROC=1, a child process)",
                   f"{'workers':>7}  {'train steps/s':<30}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
-                  f"{'fraction':>10}{f'{cores} cores / 1':>14}{'bound':>8}"]
+                  f"{'fraction':>10}{f'{cores} cores / 1':>14}{'bound':>8}  "
+                  f"{'network passes steps/s':<32}{'fraction':>8}{f'{cores} cores / 1':>14}"]
         for r in results["a2c_one_core"]:
             lines.append(f"{r['workers']:>7}  {_fmt_spread(r['train_steps_per_second']):<30}"
                          f"{r['cores_used']['median']:>10.2f}"
                          f"{r['matmul_flops_per_second']['median'] / 1e9:>16,.1f}"
                          f"{r['fraction_of_one_core_flop_bound']:>10.1%}"
                          f"{r['all_cores_speedup']:>13.2f}x"
-                         f"{r['most_with_linear_scaling']:>8.1%}")
+                         f"{r['most_with_linear_scaling']:>8.1%}  "
+                         f"{_fmt_spread(r['network_pass_steps_per_second']):<32}"
+                         f"{r['network_pass_fraction_of_one_core_flop_bound']:>8.1%}"
+                         f"{r['network_pass_all_cores_speedup']:>13.2f}x")
         lines.append(f"fraction: of one core's FLOP-bound limit; {cores} cores / 1: the A2C row's "
                      f"speedup over one core; bound: the most the A2C row's fraction could be if "
-                     f"{cores} cores multiplied the one-core rate by {cores}")
+                     f"{cores} cores multiplied the one-core rate by {cores}; network passes: as "
+                     f"in the A2C table, on one core")
+    if results.get("a2c_split"):
+        lines += ["", f"A2C split ceiling: each CartPole-v1 batch as {cores} independent trainers "
+                      f"of workers/{cores}, one per thread, that never exchange gradients",
+                  f"{'workers':>7}  {'env steps/s, together':<32}{'CPU cores':>10}"
+                  f"{'matmul GFLOP/s':>16}{'FLOP-bound fraction':>21}{'/ training':>12}"]
+        for r in results["a2c_split"]:
+            lines.append(f"{r['workers']:>7}  {_fmt_spread(r['steps_per_second']):<32}"
+                         f"{r['cores_used']['median']:>10.2f}"
+                         f"{r['matmul_flops_per_second']['median'] / 1e9:>16,.1f}"
+                         f"{r['fraction_of_flop_bound']:>21.1%}{r['over_training']:>11.2f}x")
+        lines.append("a synchronous A2C split over the cores does this work and more (one "
+                     "gradient from the whole batch per update): these rates are its ceiling")
     if results.get("a3c"):
         lines += ["", "A3C (CartPole-v1, 1 env per worker, rollout_length 5)",
                   f"{'update':<9}{'workers':>8}  {'env steps/s':<28}{'updates/s':<26}"
@@ -690,9 +779,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 label=f"{env}: FLOP-bound limit")
     one_core = results.get("a2c_one_core", [])
     if one_core:
-        _errorbar(ax, [r["workers"] for r in one_core],
-                  [r["train_steps_per_second"] for r in one_core], fmt=":o", color="grey",
-                  label="CartPole-v1: training on one core")
+        w = [r["workers"] for r in one_core]
+        _errorbar(ax, w, [r["train_steps_per_second"] for r in one_core], fmt=":o",
+                  color="grey", label="CartPole-v1: training on one core")
+        _errorbar(ax, w, [r["network_pass_steps_per_second"] for r in one_core], fmt=":d",
+                  color="grey", label="CartPole-v1: network passes on one core")
+    split = results.get("a2c_split", [])
+    if split:
+        _errorbar(ax, [r["workers"] for r in split], [r["steps_per_second"] for r in split],
+                  fmt="-x", color="black",
+                  label=f"CartPole-v1: split ceiling ({split[0]['parts']} independent trainers)")
     ax.set(xscale="log", yscale="log", xlabel="workers (environments)", ylabel="env steps / s",
            title="A2C")
     ax.grid(alpha=0.3, which="both")
@@ -784,7 +880,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["a2c"].append(row)
                 print(f"A2C {row['env']} workers={workers}: "
                       f"{row['train_steps_per_second']['median']:,.0f} steps/s", flush=True)
-        if jax.default_backend() == "cpu":  # PJRT_NPROC sizes the CPU client's pools only
+        if jax.default_backend() == "cpu":  # both are about the CPU's cores
+            results["a2c_split"] = a2c_split_ceiling(results["a2c"], args.repeats,
+                                                     args.seconds, matmul_rate)
+            # PJRT_NPROC sizes the CPU client's pools only
             results["a2c_one_core"] = a2c_one_core(results["a2c"], args.repeats, args.seconds)
     if "a3c" in sections:
         results["a3c"] = []

@@ -43,6 +43,23 @@ def test_bench_measures_and_reports(tmp_path):
     assert abs(one_core["most_with_linear_scaling"] * cartpole["matmul_flops_per_second"]["median"]
                / (one_core["fraction_of_one_core_flop_bound"] * cores
                   * one_core["matmul_flops_per_second"]["median"]) - 1) < 1e-9
+    assert one_core["network_pass_steps_per_second"]["n"] == 2
+    one_core_passes = one_core["network_pass_steps_per_second"]["median"]
+    assert abs(one_core["network_pass_fraction_of_one_core_flop_bound"] * one_core_limit
+               / one_core_passes - 1) < 1e-9
+    assert abs(one_core["network_pass_all_cores_speedup"] * one_core_passes
+               / cartpole["network_pass_steps_per_second"]["median"] - 1) < 1e-9
+    # the CartPole batch as one trainer per core, in threads (if the cores divide it evenly)
+    assert len(saved["a2c_split"]) == (1 if cores > 1 and 8 % cores == 0 else 0)
+    for split in saved["a2c_split"]:
+        assert split["workers"] == 8 and split["parts"] == cores
+        assert split["steps_per_second"]["n"] == 2 and split["cores_used"]["median"] > 0
+        split_limit = (split["matmul_flops_per_second"]["median"]
+                       / cartpole["flops"]["total_per_step"])
+        assert abs(split["fraction_of_flop_bound"] * split_limit
+                   / split["steps_per_second"]["median"] - 1) < 1e-9
+        assert abs(split["over_training"] * cartpole["train_steps_per_second"]["median"]
+                   / split["steps_per_second"]["median"] - 1) < 1e-9
     assert breakout["flops"]["total_per_step"] > 10 * cartpole["flops"]["total_per_step"]
     assert [(r["update"], r["workers"]) for r in saved["a3c"]] == [
         ("locked", 1), ("locked", 2), ("hogwild", 1), ("hogwild", 2)]
