@@ -367,18 +367,18 @@ def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
     return measured
 
 
-# ----- A2C split over the cores ---------------------------------------------------------------------
+# ----- A2C split over the cores -------------------------------------------------------------------
 
 def a2c_split_ceiling(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float,
                       matmul_rate: Callable[[], float]) -> list[dict[str, Any]]:
     """The most a data-parallel split of an A2C batch over this machine's cores could reach.
 
     For each CartPole-v1 row whose workers divide evenly, `cores` independent A2C trainers of
-    workers / cores environments each train at once, one per Python thread (XLA runs each call
-    in the thread that makes it), and never exchange gradients. A synchronous split (one
-    gradient from the whole batch per update) does all of this work and more, so its env steps/s
-    can be at most theirs together: this is its ceiling, as a fraction of the row's FLOP-bound
-    limit (the matrix-multiply rate is measured between the repeats, as for the row).
+    workers / cores environments each train at once, one per Python thread (jaxac runs CPU
+    computations in the thread that calls them), and never exchange gradients. A synchronous
+    split (one gradient from the whole batch per update) does all of this work and more, so its
+    env steps/s can be at most theirs together: this is its ceiling, as a fraction of the row's
+    FLOP-bound limit (the matrix-multiply rate is measured between the repeats, as for the row).
     """
     cores = os.cpu_count() or 1
     rows = []

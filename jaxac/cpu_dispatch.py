@@ -20,8 +20,9 @@ thread pools, one thread per core unless the PJRT_NPROC environment variable say
 the client is created. `use_xla_cpu_threads` (the `xla_cpu_threads` config key) sets it. On the
 2-core CI machine one thread trained A2C about as fast as two up to 64-512 workers, depending on
 the VM's phase (`python -m jaxac.bench` measures it), so two A2C runs side by side on one thread
-each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with several workers wants the default: its workers'
-calls overlap on the pool (with one thread, 16 workers used one core).
+each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with several
+workers wants the default: its workers' calls overlap on the pool (with one thread, 16 workers
+used one core).
 """
 
 from __future__ import annotations
