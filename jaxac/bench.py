@@ -98,6 +98,32 @@ def calibrate(run: Callable[[int], Any], target_seconds: float, start: int = 4) 
         n *= 4
 
 
+def step_rates(run: Callable[[int], int], repeats: int, seconds: float,
+               before_each: Callable[[], float] | None = None
+               ) -> tuple[list[float], list[float], list[float]]:
+    """Time `run(n)`, which returns the env steps it did, `repeats` times, with `n` calibrated to
+    about `seconds`: (env steps/s, CPU cores used (process CPU time / wall time), and what
+    `before_each()` returned just before each repeat, such as the matrix-multiply rate)."""
+    n = calibrate(run, seconds)
+    rates, cores, before = [], [], []
+    for _ in range(repeats):
+        if before_each is not None:
+            before.append(before_each())
+        steps, cpu, wall = cpu_and_wall_seconds(lambda: run(n))
+        rates.append(steps / wall)
+        cores.append(cpu / wall)
+    return rates, cores, before
+
+
+def run_in_threads(target: Callable[[int], Any], count: int) -> None:
+    """Run `target(0)` ... `target(count - 1)` in `count` threads at once; wait for them all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 # ----- the machine's limit ------------------------------------------------------------------------
 
 def default_matmul_size() -> int:
@@ -185,13 +211,7 @@ def a2c_training_rates(env: str, workers: int, repeats: int, seconds: float,
         holder["state"], _ = trainer.run_updates(holder["state"], n)  # fetches metrics: synced
         return n * trainer.steps_per_update
 
-    n = calibrate(train, seconds)
-    training, matmul, cores = [], [], []
-    for _ in range(repeats):
-        matmul.append(matmul_rate())
-        steps, cpu, wall = cpu_and_wall_seconds(lambda: train(n))
-        training.append(steps / wall)
-        cores.append(cpu / wall)
+    training, cores, matmul = step_rates(train, repeats, seconds, before_each=matmul_rate)
     return cfg, spec, network, compile_seconds, training, matmul, cores
 
 
@@ -403,20 +423,11 @@ def a2c_split_ceiling(a2c_rows: list[dict[str, Any]], repeats: int, seconds: flo
                 start.wait()
                 states[i], _ = trainers[i].run_updates(states[i], n)  # fetches metrics: synced
 
-            threads = [threading.Thread(target=train_one, args=(i,)) for i in range(cores)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            run_in_threads(train_one, cores)
             return n * cores * trainers[0].steps_per_update
 
-        n = calibrate(train_all, seconds)
-        rates, matmul, cores_used = [], [], []
-        for _ in range(repeats):
-            matmul.append(matmul_rate())
-            steps, cpu, wall = cpu_and_wall_seconds(lambda: train_all(n))
-            rates.append(steps / wall)
-            cores_used.append(cpu / wall)
+        rates, cores_used, matmul = step_rates(train_all, repeats, seconds,
+                                               before_each=matmul_rate)
         limit = statistics.median(matmul) / full["flops"]["total_per_step"]
         rows.append({"workers": workers, "parts": cores, "steps_per_second": spread(rates),
                      "matmul_flops_per_second": spread(matmul), "cores_used": spread(cores_used),
@@ -498,22 +509,12 @@ def a3c_compute_ceiling(workers: int, repeats: int, seconds: float) -> dict[str,
     for variant, optimizer_step in (("rollout_and_gradient", False),
                                     ("with_optimizer_step", True)):
         def run(updates_per_thread: int, optimizer_step=optimizer_step) -> int:
-            threads = [threading.Thread(target=worker_work,
-                                        args=(i, updates_per_thread, optimizer_step))
-                       for i in range(workers)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            run_in_threads(lambda i: worker_work(i, updates_per_thread, optimizer_step), workers)
             return updates_per_thread * workers * ROLLOUT
 
-        n = calibrate(run, seconds)
-        rates, cores, cpu_per_update = [], [], []
-        for _ in range(repeats):
-            steps, cpu, wall = cpu_and_wall_seconds(lambda: run(n))
-            rates.append(steps / wall)
-            cores.append(cpu / wall)
-            cpu_per_update.append(cpu / (n * workers) * 1e6)
+        rates, cores, _ = step_rates(run, repeats, seconds)
+        # CPU seconds per env step (cores / steps per second) times the steps of an update
+        cpu_per_update = [c / r * ROLLOUT * 1e6 for c, r in zip(cores, rates)]
         rows[variant] = {"steps_per_second": spread(rates), "cores_used": spread(cores),
                          "cpu_us_per_update": spread(cpu_per_update)}
     return rows

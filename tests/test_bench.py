@@ -5,6 +5,11 @@ import json
 from jaxac import bench, bench_sb3
 
 
+def same(a: float, b: float, tolerance: float = 1e-9) -> bool:
+    """a and b agree to a relative `tolerance` (the bench's derived figures, recomputed)."""
+    return abs(a / b - 1) < tolerance
+
+
 def test_bench_measures_and_reports(tmp_path):
     bench.main(["--only", "a2c,a3c", "--repeats", "2", "--seconds", "0.05",
                           "--a2c-workers", "8", "--breakout-workers", "8", "--a3c-workers", "1,2",
@@ -17,38 +22,39 @@ def test_bench_measures_and_reports(tmp_path):
         assert row["train_steps_per_second"]["n"] == 2
         assert row["matmul_flops_per_second"]["n"] == 2  # measured between the training repeats
         limit = row["matmul_flops_per_second"]["median"] / row["flops"]["total_per_step"]
-        assert abs(row["flop_bound_steps_per_second"] / limit - 1) < 1e-9
+        assert same(row["flop_bound_steps_per_second"], limit)
         assert row["train_steps_per_second"]["min"] <= row["train_steps_per_second"]["median"]
         assert row["compile_seconds"] > 0
         # a training step costs more FLOPs than acting, and the conv torso more than the MLP
         assert row["flops"]["loss_and_grad_per_step"] > row["flops"]["forward_per_step"] > 0
         assert 0 < row["fraction_of_flop_bound"] < 1
         # the network passes alone are the same work as the counted training step
-        assert abs(row["flops"]["network_passes_per_step"] / row["flops"]["total_per_step"]
-                   - 1) < 0.05
+        assert same(row["flops"]["network_passes_per_step"], row["flops"]["total_per_step"],
+                    tolerance=0.05)
         assert row["network_pass_steps_per_second"]["n"] == 2
         passes_limit = row["network_pass_steps_per_second"]["median"] / limit
-        assert abs(row["network_pass_fraction_of_flop_bound"] / passes_limit - 1) < 1e-9
+        assert same(row["network_pass_fraction_of_flop_bound"], passes_limit)
     cartpole, breakout = saved["a2c"]
     [one_core] = saved["a2c_one_core"]  # the CartPole rows only, rerun with one XLA thread
     assert one_core["workers"] == 8 and one_core["xla_cpu_threads"] == 1
     assert one_core["train_steps_per_second"]["n"] == 2
     one_core_limit = (one_core["matmul_flops_per_second"]["median"]
                       / cartpole["flops"]["total_per_step"])
-    assert abs(one_core["fraction_of_one_core_flop_bound"] * one_core_limit
-               / one_core["train_steps_per_second"]["median"] - 1) < 1e-9
-    assert abs(one_core["all_cores_speedup"] * one_core["train_steps_per_second"]["median"]
-               / cartpole["train_steps_per_second"]["median"] - 1) < 1e-9
+    one_core_training = one_core["train_steps_per_second"]["median"]
+    assert same(one_core["fraction_of_one_core_flop_bound"] * one_core_limit, one_core_training)
+    assert same(one_core["all_cores_speedup"] * one_core_training,
+                cartpole["train_steps_per_second"]["median"])
     cores = saved["cpu_cores"]
-    assert abs(one_core["most_with_linear_scaling"] * cartpole["matmul_flops_per_second"]["median"]
-               / (one_core["fraction_of_one_core_flop_bound"] * cores
-                  * one_core["matmul_flops_per_second"]["median"]) - 1) < 1e-9
+    all_cores_matmul = cartpole["matmul_flops_per_second"]["median"]
+    assert same(one_core["most_with_linear_scaling"] * all_cores_matmul,
+                one_core["fraction_of_one_core_flop_bound"] * cores
+                * one_core["matmul_flops_per_second"]["median"])
     assert one_core["network_pass_steps_per_second"]["n"] == 2
     one_core_passes = one_core["network_pass_steps_per_second"]["median"]
-    assert abs(one_core["network_pass_fraction_of_one_core_flop_bound"] * one_core_limit
-               / one_core_passes - 1) < 1e-9
-    assert abs(one_core["network_pass_all_cores_speedup"] * one_core_passes
-               / cartpole["network_pass_steps_per_second"]["median"] - 1) < 1e-9
+    assert same(one_core["network_pass_fraction_of_one_core_flop_bound"] * one_core_limit,
+                one_core_passes)
+    assert same(one_core["network_pass_all_cores_speedup"] * one_core_passes,
+                cartpole["network_pass_steps_per_second"]["median"])
     # the CartPole batch as one trainer per core, in threads (if the cores divide it evenly)
     assert len(saved["a2c_split"]) == (1 if cores > 1 and 8 % cores == 0 else 0)
     for split in saved["a2c_split"]:
@@ -56,10 +62,10 @@ def test_bench_measures_and_reports(tmp_path):
         assert split["steps_per_second"]["n"] == 2 and split["cores_used"]["median"] > 0
         split_limit = (split["matmul_flops_per_second"]["median"]
                        / cartpole["flops"]["total_per_step"])
-        assert abs(split["fraction_of_flop_bound"] * split_limit
-                   / split["steps_per_second"]["median"] - 1) < 1e-9
-        assert abs(split["over_training"] * cartpole["train_steps_per_second"]["median"]
-                   / split["steps_per_second"]["median"] - 1) < 1e-9
+        split_rate = split["steps_per_second"]["median"]
+        assert same(split["fraction_of_flop_bound"] * split_limit, split_rate)
+        assert same(split["over_training"] * cartpole["train_steps_per_second"]["median"],
+                    split_rate)
     assert breakout["flops"]["total_per_step"] > 10 * cartpole["flops"]["total_per_step"]
     assert [(r["update"], r["workers"]) for r in saved["a3c"]] == [
         ("locked", 1), ("locked", 2), ("hogwild", 1), ("hogwild", 2)]
