@@ -2,8 +2,9 @@
 
 The whole update loop between two log points is one jitted call: a `lax.fori_loop` over updates,
 each a `lax.scan` rollout plus a gradient step, `vmap`ped over independent seeds and split across
-devices with `jax.shard_map` (the environment batch is sharded, gradients are averaged with
-`lax.pmean`). The host only touches the state once per logging interval.
+devices with `jax.shard_map` (the environment batch is sharded; the gradients are averaged and
+the episode statistics gathered in one all-reduce per update, `combine_shards`). The host only
+touches the state once per logging interval.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from jaxac import core
 from jaxac.checkpoint import Checkpointer, load_checkpoint
 from jaxac.envs import EnvCarry, EnvSpec, reset_envs
 from jaxac.episodes import EpisodeStats, RecentEpisodes, add_episodes
-from jaxac.normalization import ObsStats, init_obs_stats, update_obs_stats
+from jaxac.normalization import (ObsStats, batch_moments, init_obs_stats, merge_moments,
+                                 pool_moments)
 from jaxac.metrics import mean_or_none, resident_memory_mb
 from jaxac.optim import current_lr
 from jaxac.results import Divergence, TrainResult, first_nonfinite
@@ -103,16 +105,40 @@ def seed_keys(seed: int, seeds: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(seeds))
 
 
-def gather_batch(x: jax.Array) -> jax.Array:
-    """All shards of a `[T, B_local]` array, concatenated along the batch axis in device order.
+def combine_shards(mean_tree: Any, gather_tree: Any) -> tuple[Any, Any]:
+    """What the device shards exchange each update, as ONE all-reduce of one float32 vector:
+    (`mean_tree` averaged over the shards, `gather_tree` with every leaf stacked over the shards
+    along a new leading axis, in device order, on every device).
 
-    Written as a psum of each shard placed at its offset (exact: every position has one non-zero
-    term) because the result is then typed as the same on every device, which `all_gather`'s is not.
+    XLA's CPU runtime executes an all-reduce of a tuple as one rendezvous of the devices per
+    element, each a thread hand-off: with the gradients, the loss metrics and the episode arrays
+    as separate arrays that was 18 per update, and 2 CPU devices trained 512 workers slower than
+    one. Gathering is a sum of each shard placed at its own position (exact: every position has
+    one non-zero term), so that the result is the same on every device. Integers and booleans
+    travel as float32, exact below 2**24.
     """
-    b_local = x.shape[1]
-    full = jnp.zeros((x.shape[0], b_local * jax.lax.axis_size(AXIS)), x.dtype)
-    full = jax.lax.dynamic_update_slice_in_dim(full, x, jax.lax.axis_index(AXIS) * b_local, axis=1)
-    return jax.lax.psum(full, AXIS)
+    n = jax.lax.axis_size(AXIS)
+    shard = jax.lax.axis_index(AXIS)
+    mean_leaves, mean_def = jax.tree.flatten(mean_tree)
+    gather_leaves, gather_def = jax.tree.flatten(gather_tree)
+    parts = [x.astype(jnp.float32).reshape(-1) / n for x in mean_leaves]
+    for x in gather_leaves:
+        placed = jnp.zeros((n, x.size), jnp.float32).at[shard].set(
+            x.astype(jnp.float32).reshape(-1))
+        parts.append(placed.reshape(-1))
+    total = jax.lax.psum(jnp.concatenate(parts), AXIS)
+    sizes = [x.size for x in mean_leaves] + [n * x.size for x in gather_leaves]
+    pieces = jnp.split(total, np.cumsum(sizes)[:-1]) if len(sizes) > 1 else [total]
+    means = [p.reshape(x.shape).astype(x.dtype) for p, x in zip(pieces, mean_leaves)]
+    gathered = [p.reshape((n,) + x.shape).astype(x.dtype)
+                for p, x in zip(pieces[len(mean_leaves):], gather_leaves)]
+    return jax.tree.unflatten(mean_def, means), jax.tree.unflatten(gather_def, gathered)
+
+
+def shards_along_batch(x: jax.Array) -> jax.Array:
+    """`[shards, T, B_local]` gathered from `combine_shards` as `[T, shards * B_local]`: the
+    whole batch in global order (device 0's environments first)."""
+    return jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
 
 
 class A2CTrainer:
@@ -172,16 +198,20 @@ class A2CTrainer:
         # and averaging those equal-sized shards gives the full-batch mean.
         local_params = jax.lax.pcast(state.params, AXIS, to="varying")
         grads, info = core.gradients(local_params, s.apply_fn, state.obs_stats, traj, s.loss)
-        grads, info = jax.lax.pmean((grads, info), AXIS)
+        obs_flat = traj.obs_tm1.reshape((-1,) + s.spec.obs_shape)
+        moments = batch_moments(obs_flat) if s.loss.normalize_obs else ()
+        # Episode bookkeeping sees the whole batch, in global order, on every device.
+        episodes = (traj.done_t, traj.episode_return, traj.episode_length)
+        (grads, info), (episodes, moments) = combine_shards((grads, info), (episodes, moments))
+        done, ep_return, ep_length = map(shards_along_batch, episodes)
         updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        obs_flat = traj.obs_tm1.reshape((-1,) + s.spec.obs_shape)
-        obs_stats = update_obs_stats(state.obs_stats, obs_flat, s.loss.normalize_obs, AXIS)
+        obs_stats = state.obs_stats
+        if s.loss.normalize_obs:
+            n_shards = jax.lax.axis_size(AXIS)
+            obs_stats = merge_moments(obs_stats, *pool_moments(*moments),
+                                      n_shards * obs_flat.shape[0])
 
-        # Episode bookkeeping sees the whole batch, in global order, on every device.
-        done = gather_batch(traj.done_t.astype(jnp.int32)).astype(bool)
-        ep_return = gather_batch(traj.episode_return)
-        ep_length = gather_batch(traj.episode_length)
         recent = add_episodes(state.recent, ep_return, done)
         update = state.update + 1
         threshold = jnp.inf if s.solve_threshold is None else s.solve_threshold
