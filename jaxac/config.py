@@ -82,7 +82,7 @@ class Config:
     workers: int = 8  # parallel actors: vmapped environments for A2C, threads for A3C
     rollout_length: int = 5
     total_steps: int = 500_000  # environment steps per seed
-    devices: Optional[int] = None  # None: every available device
+    devices: Optional[int] = None  # None: every available device; on a CPU, N makes N devices
     log_interval: int = 20_000  # environment steps between two metric lines
     progress_seconds: float = 2.0  # at most this long between two console progress lines
     eval_episodes: int = 100  # greedy evaluation episodes at the end of training
@@ -184,7 +184,9 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     validate_xla_cpu_threads(cfg)
     if cfg.devices is not None:
         _require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
-                 f"between 1 and the {available_devices} available device(s), or null for all")
+                 f"between 1 and the {available_devices} available device(s), or null for all "
+                 "(on a machine without accelerators a fresh process gets as many CPU devices as "
+                 "`devices` asks for)")
     n_devices = cfg.devices or available_devices
     if algo.name == "a3c":
         _validate_a3c(cfg)

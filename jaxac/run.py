@@ -33,7 +33,7 @@ from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import Checkpointer, find_checkpoint, network_from_config, save_policy
 from jaxac.config import (CONF_DIR, ConfigError, register_configs, resume_config, validate,
                           validate_xla_cpu_threads)
-from jaxac.cpu_dispatch import ThreadsAlreadyFixed, use_xla_cpu_threads
+from jaxac.cpu_dispatch import ThreadsAlreadyFixed, use_cpu_devices, use_xla_cpu_threads
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
 from jaxac.results import TrainResult
@@ -125,13 +125,16 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
 
 
 def use_xla_threads(cfg: DictConfig) -> None:
-    """Apply `xla_cpu_threads` (see jaxac/cpu_dispatch.py); ConfigError if it is invalid or JAX
-    already runs in this process with another thread count (a sweep job in a reused process)."""
+    """Apply `xla_cpu_threads` and `devices` to XLA's CPU client before JAX starts (see
+    jaxac/cpu_dispatch.py); ConfigError if the thread count is invalid or JAX already runs in
+    this process with another one (a sweep job in a reused process)."""
     validate_xla_cpu_threads(cfg)
     try:
         use_xla_cpu_threads(cfg.get("xla_cpu_threads"))
     except ThreadsAlreadyFixed as fixed:
         raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
+    if isinstance(cfg.get("devices"), int):  # a wrong type is validate()'s to report
+        use_cpu_devices(cfg.devices)
 
 
 def use_compilation_cache(directory: str | None) -> None:

@@ -1,6 +1,7 @@
 """Importing jaxac makes CPU computations run inline, unless the environment or an existing JAX
-backend already decided; `xla_cpu_threads` sizes XLA's CPU thread pools. Each case in a fresh
-process, since both are fixed once per process, when JAX creates its CPU client."""
+backend already decided, and compiles for 512-bit vectors on processors that run them at full
+clock; `xla_cpu_threads` sizes XLA's CPU thread pools and `devices` makes CPU devices. Each case in
+a fresh process, since all are fixed once per process, when JAX creates its CPU client."""
 
 import json
 import os
@@ -98,3 +99,69 @@ def test_a_run_records_its_thread_count(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["environment"]["xla_cpu_threads"] == 1
     assert summary["config"]["xla_cpu_threads"] == 1
+
+
+XLA_PROBE = """
+import json, os, sys
+import jaxac
+from jaxac.cpu_dispatch import use_cpu_devices, xla_cpu_vector_width
+use_cpu_devices(int(sys.argv[1]))
+import jax
+jax.jit(lambda x: x + 1)(1.0)
+print(json.dumps({"devices": len(jax.devices()), "width": xla_cpu_vector_width()}))
+"""
+
+
+def xla_probe(devices: int, xla_flags: str, dump_dir) -> tuple[dict, str]:
+    """Import jaxac in a fresh process, ask for `devices` CPU devices, compile; (what the probe
+    saw, the vector width line of the debug options XLA compiled with)."""
+    env = {**os.environ, "XLA_FLAGS": f"{xla_flags} --xla_dump_to={dump_dir}",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", XLA_PROBE, str(devices)], capture_output=True,
+                         text=True, env=env, timeout=120, check=True)
+    options = "\n".join(p.read_text() for p in dump_dir.glob("*debug_options"))
+    width = [line for line in options.splitlines() if "prefer_vector_width" in line]
+    return json.loads(out.stdout.strip().splitlines()[-1]), (width or ["default"])[0]
+
+
+def test_devices_makes_that_many_cpu_devices_unless_xla_flags_chose(tmp_path):
+    assert xla_probe(2, "", tmp_path / "a")[0]["devices"] == 2
+    assert xla_probe(1, "", tmp_path / "b")[0]["devices"] == 1
+    chosen = "--xla_force_host_platform_device_count=3"
+    assert xla_probe(2, chosen, tmp_path / "c")[0]["devices"] == 3
+
+
+def test_wide_vectors_where_the_processor_runs_them_at_full_clock(tmp_path):
+    from jaxac.cpu_dispatch import cpu_has_wide_vectors_at_full_clock
+
+    seen, compiled = xla_probe(1, "", tmp_path / "a")
+    if cpu_has_wide_vectors_at_full_clock():
+        assert seen["width"] == 512 and compiled.endswith("512")  # XLA compiled with it
+    else:
+        assert seen["width"] is None and compiled == "default"
+    seen, compiled = xla_probe(1, "--xla_cpu_prefer_vector_width=128", tmp_path / "b")
+    assert seen["width"] == 128 and compiled.endswith("128")  # the user's choice wins
+
+
+def test_which_processors_get_wide_vectors():
+    from jaxac.cpu_dispatch import wide_vectors_at_full_clock
+
+    zen5 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
+    zen3 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2\n"
+    skylake = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse avx2 avx512f\n"
+    assert wide_vectors_at_full_clock(zen5)
+    assert not wide_vectors_at_full_clock(zen3)
+    assert not wide_vectors_at_full_clock(skylake)  # 512-bit work lowers its clock
+    assert not wide_vectors_at_full_clock("")
+
+
+def test_a_run_with_devices_2_splits_over_two_cpu_devices(tmp_path):
+    from cli import run_jaxac
+
+    env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    out = run_jaxac("devices=2", "workers=8", "total_steps=2000", "eval_episodes=1",
+                    f"hydra.run.dir={tmp_path}/run", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    environment = json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]
+    assert [d.split()[0] for d in environment["devices"]] == ["cpu:0", "cpu:1"]
+    assert "2 device(s)" in out.stdout + out.stderr
