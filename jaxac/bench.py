@@ -1,7 +1,8 @@
 """`python -m jaxac.bench`: how fast jaxac trains, and how far that is from the machine's limit.
 
 Measures, in one process (time-to-solve runs are subprocesses, as a user would start them, and
-so is the one-core A2C run, whose thread pools must be sized before JAX starts):
+so are the one-core and the CPU-device A2C runs, whose thread pools and devices must be set before
+JAX starts):
 
 - A2C env steps/s on CartPole-v1 at workers 8, 64, 512, 4096 and on Breakout-MinAtar at 64 and
   512 (`rollout_length` 5), compile seconds apart from steady state;
@@ -14,6 +15,8 @@ so is the one-core A2C run, whose thread pools must be sized before JAX starts):
 - the CartPole-v1 A2C rows again with XLA's CPU thread pools sized to one thread (a child
   process with PJRT_NPROC=1): what the other cores add, and the FLOP-bound fraction on one core,
   of the training and of its network passes alone;
+- the CartPole-v1 A2C rows again with the batch split over one CPU device per core (a child
+  process started with that many CPU devices, `devices=<cores>`), and their FLOP-bound fraction;
 - the ceiling of a data-parallel split over the cores: each CartPole-v1 batch as one independent
   trainer per core, in threads, with no gradient exchange;
 - A3C env steps/s and updates/s at 1, 2, 4, 8 and 16 workers in both update modes, with the mean
@@ -51,7 +54,8 @@ import numpy as np
 from jaxac import a2c, a3c, core
 from jaxac.checkpoint import network_from_config
 from jaxac.config import compose_config
-from jaxac.cpu_dispatch import THREADS_VARIABLE, xla_cpu_threads
+from jaxac.cpu_dispatch import (DEVICE_COUNT_FLAG, THREADS_VARIABLE, XLA_FLAGS,
+                                 xla_cpu_threads)
 from jaxac.envs import make_env
 from jaxac.metrics import environment_info, write_json
 from jaxac.normalization import init_obs_stats
@@ -194,15 +198,16 @@ def training_flops_per_step(cfg, spec, network, workers: int) -> dict[str, float
 # ----- A2C ----------------------------------------------------------------------------------------
 
 def a2c_training_rates(env: str, workers: int, repeats: int, seconds: float,
-                       matmul_rate: Callable[[], float]) -> tuple:
-    """Train A2C at one batch size and measure it: (cfg, spec, network, compile seconds,
-    training env steps/s per repeat, the matrix-multiply rate measured before each repeat,
-    CPU cores the training used per repeat: process CPU time / wall time)."""
+                       matmul_rate: Callable[[], float], devices: int = 1) -> tuple:
+    """Train A2C at one batch size, its batch split over `devices` devices, and measure it:
+    (cfg, spec, network, compile seconds, training env steps/s per repeat, the matrix-multiply
+    rate measured before each repeat, CPU cores the training used per repeat: process CPU time /
+    wall time)."""
     cfg = compose_config([f"env={env}", f"workers={workers}", f"rollout_length={ROLLOUT}",
-                          "compilation_cache_dir=null"])
+                          f"devices={devices}", "compilation_cache_dir=null"])
     spec = make_env(cfg.env.name)
     network = network_from_config(cfg, spec)
-    trainer = a2c.build_trainer(cfg, spec, network, jax.devices()[:1])
+    trainer = a2c.build_trainer(cfg, spec, network, jax.devices()[:devices])
     state = trainer.init_state(0)
     compile_seconds = trainer.compile(state)
     holder = {"state": state}
@@ -342,6 +347,17 @@ def a2c_one_core_rates(workers_list: Sequence[int], repeats: int, seconds: float
     return rows
 
 
+def in_child_process(call: str, environment: dict[str, str], what: str) -> Any:
+    """The JSON value of `jaxac.bench.<call>` evaluated in a fresh Python process whose
+    environment has `environment` added (settings XLA reads only when JAX starts)."""
+    code = f"import json\nfrom jaxac import bench\nprint(json.dumps(bench.{call}))"
+    child = subprocess.run([sys.executable, "-c", code], env=os.environ | environment,
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
                  ) -> list[dict[str, Any]]:
     """The CartPole-v1 rows of the A2C table again, with XLA's CPU thread pools sized to one
@@ -358,16 +374,9 @@ def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
     rows = {r["workers"]: r for r in a2c_rows if r["env"] == "CartPole-v1"}
     if not rows:
         return []
-    code = ("import json, sys\n"
-            "from jaxac.bench import a2c_one_core_rates\n"
-            f"rows = a2c_one_core_rates({sorted(rows)}, {repeats}, {seconds})\n"
-            "print(json.dumps(rows))")
-    child = subprocess.run([sys.executable, "-c", code], env=os.environ | ONE_CORE_ENVIRONMENT,
-                           capture_output=True, text=True)
-    if child.returncode != 0:
-        raise RuntimeError(f"the one-core A2C measurement failed:\n{child.stderr[-3000:]}")
+    measured = in_child_process(f"a2c_one_core_rates({sorted(rows)}, {repeats}, {seconds})",
+                                ONE_CORE_ENVIRONMENT, "the one-core A2C measurement")
     cores = os.cpu_count() or 1
-    measured = json.loads(child.stdout.strip().splitlines()[-1])
     for one in measured:
         full = rows[one["workers"]]
         flops_per_step = full["flops"]["total_per_step"]
@@ -388,6 +397,53 @@ def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
 
 
 # ----- A2C split over the cores -------------------------------------------------------------------
+
+def a2c_device_rates(workers_list: Sequence[int], devices: int, repeats: int, seconds: float
+                     ) -> list[dict[str, Any]]:
+    """CartPole-v1 A2C training env steps/s with the batch split over `devices` devices, the
+    matrix-multiply rate (measured before each training repeat) and the CPU cores the training
+    used, at each batch size, in this process: `a2c_on_cpu_devices` runs it in a process with
+    one CPU device per core."""
+    matmul_rate = matmul_timer(default_matmul_size())
+    rows = []
+    for workers in workers_list:
+        _, _, _, _, training, matmul, cores = a2c_training_rates(
+            "cartpole", workers, repeats, seconds, matmul_rate, devices=devices)
+        rows.append({"workers": workers, "devices": len(jax.devices()[:devices]),
+                     "train_steps_per_second": spread(training),
+                     "matmul_flops_per_second": spread(matmul), "cores_used": spread(cores)})
+    return rows
+
+
+def a2c_on_cpu_devices(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
+                       ) -> list[dict[str, Any]]:
+    """The CartPole-v1 rows of the A2C table again with the batch split over one CPU device per
+    core (`devices=<cores>`, in a child process that XLA starts with that many CPU devices): the
+    same trainer's data parallelism, one all-reduce per update.
+
+    Each row gets the fraction of the row's FLOP-bound limit (the same FLOPs per step, over the
+    matrix-multiply rate measured in the child between its repeats) and the ratio to the
+    one-device row.
+    """
+    cores = os.cpu_count() or 1
+    rows = {r["workers"]: r for r in a2c_rows
+            if r["env"] == "CartPole-v1" and cores > 1 and r["workers"] % cores == 0}
+    if not rows:
+        return []
+    flags = " ".join(f for f in os.environ.get(XLA_FLAGS, "").split()
+                     if not f.startswith(DEVICE_COUNT_FLAG))
+    measured = in_child_process(
+        f"a2c_device_rates({sorted(rows)}, {cores}, {repeats}, {seconds})",
+        {XLA_FLAGS: f"{flags} {DEVICE_COUNT_FLAG}={cores}".strip()},
+        "the A2C measurement on CPU devices")
+    for split in measured:
+        one = rows[split["workers"]]
+        rate = split["train_steps_per_second"]["median"]
+        split["fraction_of_flop_bound"] = (rate * one["flops"]["total_per_step"]
+                                           / split["matmul_flops_per_second"]["median"])
+        split["over_one_device"] = rate / one["train_steps_per_second"]["median"]
+    return measured
+
 
 def a2c_split_ceiling(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float,
                       matmul_rate: Callable[[], float]) -> list[dict[str, Any]]:
@@ -656,6 +712,17 @@ def report(results: dict[str, Any]) -> str:
                      f"speedup over one core; bound: the most the A2C row's fraction could be if "
                      f"{cores} cores multiplied the one-core rate by {cores}; network passes: as "
                      f"in the A2C table, on one core")
+    if results.get("a2c_devices"):
+        lines += ["", f"A2C on {cores} CPU devices: the CartPole-v1 rows with the batch split over "
+                      f"one CPU device per core (devices={cores}, a child process), one "
+                      f"all-reduce per update",
+                  f"{'workers':>7}  {'train steps/s':<32}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
+                  f"{'FLOP-bound fraction':>21}{'/ 1 device':>12}"]
+        for r in results["a2c_devices"]:
+            lines.append(f"{r['workers']:>7}  {_fmt_spread(r['train_steps_per_second']):<32}"
+                         f"{r['cores_used']['median']:>10.2f}"
+                         f"{r['matmul_flops_per_second']['median'] / 1e9:>16,.1f}"
+                         f"{r['fraction_of_flop_bound']:>21.1%}{r['over_one_device']:>11.2f}x")
     if results.get("a2c_split"):
         lines += ["", f"A2C split ceiling: each CartPole-v1 batch as {cores} independent trainers "
                       f"of workers/{cores}, one per thread, that never exchange gradients",
@@ -785,6 +852,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
                   color="grey", label="CartPole-v1: training on one core")
         _errorbar(ax, w, [r["network_pass_steps_per_second"] for r in one_core], fmt=":d",
                   color="grey", label="CartPole-v1: network passes on one core")
+    on_devices = results.get("a2c_devices", [])
+    if on_devices:
+        _errorbar(ax, [r["workers"] for r in on_devices],
+                  [r["train_steps_per_second"] for r in on_devices], fmt="-^", color="C3",
+                  label=f"CartPole-v1: training on {on_devices[0]['devices']} CPU devices")
     split = results.get("a2c_split", [])
     if split:
         _errorbar(ax, [r["workers"] for r in split], [r["steps_per_second"] for r in split],
@@ -882,6 +954,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"A2C {row['env']} workers={workers}: "
                       f"{row['train_steps_per_second']['median']:,.0f} steps/s", flush=True)
         if jax.default_backend() == "cpu":  # both are about the CPU's cores
+            results["a2c_devices"] = a2c_on_cpu_devices(results["a2c"], args.repeats,
+                                                        args.seconds)
             results["a2c_split"] = a2c_split_ceiling(results["a2c"], args.repeats,
                                                      args.seconds, matmul_rate)
             # PJRT_NPROC sizes the CPU client's pools only

@@ -55,6 +55,17 @@ def test_bench_measures_and_reports(tmp_path):
                 one_core_passes)
     assert same(one_core["network_pass_all_cores_speedup"] * one_core_passes,
                 cartpole["network_pass_steps_per_second"]["median"])
+    # the CartPole batch split over one CPU device per core (if the cores divide it evenly)
+    assert len(saved["a2c_devices"]) == (1 if cores > 1 and 8 % cores == 0 else 0)
+    for split in saved["a2c_devices"]:
+        assert split["workers"] == 8 and split["devices"] == cores
+        assert split["train_steps_per_second"]["n"] == split["matmul_flops_per_second"]["n"] == 2
+        split_limit = (split["matmul_flops_per_second"]["median"]
+                       / cartpole["flops"]["total_per_step"])
+        split_rate = split["train_steps_per_second"]["median"]
+        assert same(split["fraction_of_flop_bound"] * split_limit, split_rate)
+        assert same(split["over_one_device"] * cartpole["train_steps_per_second"]["median"],
+                    split_rate)
     # the CartPole batch as one trainer per core, in threads (if the cores divide it evenly)
     assert len(saved["a2c_split"]) == (1 if cores > 1 and 8 % cores == 0 else 0)
     for split in saved["a2c_split"]:
