@@ -55,28 +55,26 @@ def test_bench_measures_and_reports(tmp_path):
                 one_core_passes)
     assert same(one_core["network_pass_all_cores_speedup"] * one_core_passes,
                 cartpole["network_pass_steps_per_second"]["median"])
+    def fraction_and_ratio_agree(row: dict, rate: float, ratio_key: str) -> bool:
+        """A CartPole row's FLOP-bound fraction and its ratio to the A2C row, recomputed."""
+        limit = row["matmul_flops_per_second"]["median"] / cartpole["flops"]["total_per_step"]
+        return (same(row["fraction_of_flop_bound"] * limit, rate)
+                and same(row[ratio_key] * cartpole["train_steps_per_second"]["median"], rate))
+
     # the CartPole batch split over one CPU device per core (if the cores divide it evenly)
     assert len(saved["a2c_devices"]) == (1 if cores > 1 and 8 % cores == 0 else 0)
     for split in saved["a2c_devices"]:
         assert split["workers"] == 8 and split["devices"] == cores
         assert split["train_steps_per_second"]["n"] == split["matmul_flops_per_second"]["n"] == 2
-        split_limit = (split["matmul_flops_per_second"]["median"]
-                       / cartpole["flops"]["total_per_step"])
-        split_rate = split["train_steps_per_second"]["median"]
-        assert same(split["fraction_of_flop_bound"] * split_limit, split_rate)
-        assert same(split["over_one_device"] * cartpole["train_steps_per_second"]["median"],
-                    split_rate)
+        assert fraction_and_ratio_agree(split, split["train_steps_per_second"]["median"],
+                                        "over_one_device")
     # the CartPole batch as one trainer per core, in threads (if the cores divide it evenly)
     assert len(saved["a2c_split"]) == (1 if cores > 1 and 8 % cores == 0 else 0)
     for split in saved["a2c_split"]:
         assert split["workers"] == 8 and split["parts"] == cores
         assert split["steps_per_second"]["n"] == 2 and split["cores_used"]["median"] > 0
-        split_limit = (split["matmul_flops_per_second"]["median"]
-                       / cartpole["flops"]["total_per_step"])
-        split_rate = split["steps_per_second"]["median"]
-        assert same(split["fraction_of_flop_bound"] * split_limit, split_rate)
-        assert same(split["over_training"] * cartpole["train_steps_per_second"]["median"],
-                    split_rate)
+        assert fraction_and_ratio_agree(split, split["steps_per_second"]["median"],
+                                        "over_training")
     assert breakout["flops"]["total_per_step"] > 10 * cartpole["flops"]["total_per_step"]
     assert [(r["update"], r["workers"]) for r in saved["a3c"]] == [
         ("locked", 1), ("locked", 2), ("hogwild", 1), ("hogwild", 2)]
