@@ -16,6 +16,8 @@ import statistics
 import time
 from typing import Any
 
+from jaxac.cpu_dispatch import automatic_xla_cpu_threads
+
 THRESHOLD = 475.0
 MAX_STEPS = 2_000_000  # per time-to-solve run
 
@@ -106,12 +108,19 @@ def measure(repeats: int, seeds: int, seconds: float) -> dict[str, Any]:
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
-    """jaxac over SB3: steps/s at workers=8, and SB3's wall time to solve over jaxac's (warm)."""
+    """jaxac over SB3: steps/s at workers=8 (measured as `python -m jaxac.run workers=8` runs:
+    on one XLA thread where jaxac picks one, `automatic_xla_cpu_threads`), and SB3's wall time to
+    solve over jaxac's (warm)."""
     out = {}
     sb3 = results["sb3"]
     eight = [r for r in results.get("a2c", []) if r["workers"] == 8 and r["env"] == "CartPole-v1"]
+    setting = "XLA's default threads"
+    one_thread = [r for r in results.get("a2c_one_core", []) if r["workers"] == 8]
+    if automatic_xla_cpu_threads("a2c", 8, 1, None) == 1 and one_thread:
+        eight, setting = one_thread, "1 XLA thread"  # what `python -m jaxac.run` picks there
     if eight:
-        out["A2C steps/s at workers=8, jaxac / SB3"] = (
+        out[f"A2C steps/s at workers=8 ({setting}, as python -m jaxac.run runs it), "
+            "jaxac / SB3"] = (
             eight[0]["train_steps_per_second"]["median"] / sb3["steps_per_second"]["median"])
     a2c_solve = [r for r in results.get("solve", []) if r["algo"] == "a2c"]
     if a2c_solve and "warm_train_seconds" in a2c_solve[0] and "train_seconds" in sb3:

@@ -93,8 +93,9 @@ class Config:
     # JAX's persistent compilation cache: a repeated run loads its compiled programs instead of
     # compiling again. null turns it off.
     compilation_cache_dir: Optional[str] = "~/.cache/jaxac/jax"
-    # Threads of XLA's CPU thread pools (PJRT_NPROC), fixed when JAX starts; null: one per core.
-    # 1 suits runs side by side (sweep jobs, one per core) and A2C up to a few hundred workers.
+    # Threads of XLA's CPU thread pools (PJRT_NPROC), fixed when JAX starts; null: one per core,
+    # except 1 for an A2C batch of at most 64 environments on one device (faster there). 1 suits
+    # runs side by side (sweep jobs, one per core).
     xla_cpu_threads: Optional[int] = None
 
 

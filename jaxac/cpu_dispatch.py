@@ -17,7 +17,9 @@ setting to single-device computations only), and results do not change.
 
 **Thread pools.** XLA's CPU client runs the parts of a computation that can overlap on its own
 thread pools, one thread per core unless the PJRT_NPROC environment variable says otherwise when
-the client is created. `use_xla_cpu_threads` (the `xla_cpu_threads` config key) sets it. On the
+the client is created. `use_xla_cpu_threads` (the `xla_cpu_threads` config key) sets it; left
+null, a run of A2C on one device with a small batch gets one thread
+(`automatic_xla_cpu_threads`). On the
 2-core CI machine one thread trained A2C about as fast as two up to 64-512 workers, depending on
 the VM's phase (`python -m jaxac.bench` measures it), so two A2C runs side by side on one thread
 each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with several
@@ -89,10 +91,8 @@ def use_xla_cpu_threads(threads: int | None) -> None:
     after that a different `threads` raises ThreadsAlreadyFixed, the same one is accepted."""
     if threads is None:
         return
-    from jax._src import xla_bridge
-
     threads = int(threads)
-    if xla_bridge.backends_are_initialized():
+    if jax_started():
         if xla_cpu_threads() != threads:
             current = os.environ.get(THREADS_VARIABLE) or "unset (one thread per core)"
             raise ThreadsAlreadyFixed(
@@ -100,6 +100,24 @@ def use_xla_cpu_threads(threads: int | None) -> None:
                 f"start a fresh process (or set {THREADS_VARIABLE}={threads} in its environment)")
         return
     os.environ[THREADS_VARIABLE] = str(threads)
+
+
+# Environments (workers x seeds) up to which one XLA thread trains A2C on one device faster than
+# one per core: on the 2-core CI machine 1.53x the env steps/s at 8 workers and 1.12x at 64, but
+# 0.91x at 512 (`python -m jaxac.bench`, the one-core rows).
+SMALL_A2C_BATCH = 64
+
+
+def automatic_xla_cpu_threads(algo: str, workers: int, seeds: int, devices: int | None
+                              ) -> int | None:
+    """The XLA CPU thread count a run gets when `xla_cpu_threads` is null: 1 for an A2C batch of
+    at most SMALL_A2C_BATCH environments on one device, whose short kernels gain less from a
+    second thread than XLA's hand-offs to it cost; None (one thread per core) otherwise, and
+    wherever PJRT_NPROC or XLA_FLAGS' device count already decided."""
+    split = (devices or 1) > 1 or int(_xla_flag(DEVICE_COUNT_FLAG) or 1) > 1
+    if algo != "a2c" or split or os.environ.get(THREADS_VARIABLE):
+        return None
+    return 1 if workers * seeds <= SMALL_A2C_BATCH else None
 
 
 def xla_cpu_threads() -> int | None:
@@ -124,7 +142,8 @@ def _add_xla_flag(flag: str, value: object) -> None:
     os.environ[XLA_FLAGS] = f"{os.environ.get(XLA_FLAGS, '')} {flag}={value}".strip()
 
 
-def _backends_started() -> bool:
+def jax_started() -> bool:
+    """Whether JAX created its backends in this process (XLA's settings are fixed from then on)."""
     from jax._src import xla_bridge
 
     return xla_bridge.backends_are_initialized()
@@ -136,7 +155,7 @@ def use_cpu_devices(count: int | None) -> None:
     validation then compares `devices` with the devices there are."""
     if count is None or count <= 1 or _xla_flag(DEVICE_COUNT_FLAG) is not None:
         return
-    if not _backends_started():
+    if not jax_started():
         _add_xla_flag(DEVICE_COUNT_FLAG, int(count))
 
 
@@ -161,7 +180,7 @@ def use_wide_cpu_vectors() -> bool:
     True if it took effect (no width in XLA_FLAGS, no JAX backend yet, such a processor)."""
     if _xla_flag(VECTOR_WIDTH_FLAG) is not None or not cpu_has_wide_vectors_at_full_clock():
         return False
-    if _backends_started():
+    if jax_started():
         return False
     _add_xla_flag(VECTOR_WIDTH_FLAG, 512)
     return True

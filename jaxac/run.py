@@ -33,7 +33,8 @@ from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import Checkpointer, find_checkpoint, network_from_config, save_policy
 from jaxac.config import (CONF_DIR, ConfigError, register_configs, resume_config, validate,
                           validate_xla_cpu_threads)
-from jaxac.cpu_dispatch import ThreadsAlreadyFixed, use_cpu_devices, use_xla_cpu_threads
+from jaxac.cpu_dispatch import (SMALL_A2C_BATCH, ThreadsAlreadyFixed, automatic_xla_cpu_threads,
+                                jax_started, use_cpu_devices, use_xla_cpu_threads)
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
 from jaxac.results import TrainResult
@@ -129,12 +130,19 @@ def use_xla_threads(cfg: DictConfig) -> None:
     jaxac/cpu_dispatch.py); ConfigError if the thread count is invalid or JAX already runs in
     this process with another one (a sweep job in a reused process)."""
     validate_xla_cpu_threads(cfg)
+    devices = cfg.get("devices") if isinstance(cfg.get("devices"), int) else None
+    threads = cfg.get("xla_cpu_threads")
+    if threads is None and not jax_started():  # a started JAX keeps its threads
+        threads = automatic_xla_cpu_threads(cfg.algo.name, int(cfg.workers), int(cfg.seeds),
+                                            devices)
+        if threads is not None:
+            log.info(f"xla_cpu_threads: {threads} (automatic for an A2C batch of at most "
+                     f"{SMALL_A2C_BATCH} environments on one device; set it to override)")
     try:
-        use_xla_cpu_threads(cfg.get("xla_cpu_threads"))
+        use_xla_cpu_threads(threads)
     except ThreadsAlreadyFixed as fixed:
         raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
-    if isinstance(cfg.get("devices"), int):  # a wrong type is validate()'s to report
-        use_cpu_devices(cfg.devices)
+    use_cpu_devices(devices)
 
 
 def use_compilation_cache(directory: str | None) -> None:

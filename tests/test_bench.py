@@ -138,13 +138,21 @@ def test_rollout_forward_flops_count_the_policy_only():
                                          + counted["loss_and_grad_per_step"])
 
 
-def test_sb3_ratios():
+def test_sb3_ratios(monkeypatch):
+    monkeypatch.delenv("PJRT_NPROC", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
     results = {
         "a2c": [{"env": "CartPole-v1", "workers": 8,
                  "train_steps_per_second": {"median": 300_000.0}}],
         "solve": [{"algo": "a2c", "warm_train_seconds": {"median": 2.0}}],
         "sb3": {"steps_per_second": {"median": 10_000.0}, "train_seconds": {"median": 50.0}},
     }
+    solve = {"wall time to solve, SB3 / jaxac A2C (warm cache)": 25.0}
+    assert bench_sb3.ratios(results) == {  # no one-core row: the default threads' rate
+        "A2C steps/s at workers=8 (XLA's default threads, as python -m jaxac.run runs it), "
+        "jaxac / SB3": 30.0, **solve}
+    # python -m jaxac.run workers=8 runs on one XLA thread: the one-core row is the one to compare
+    results["a2c_one_core"] = [{"workers": 8, "train_steps_per_second": {"median": 450_000.0}}]
     assert bench_sb3.ratios(results) == {
-        "A2C steps/s at workers=8, jaxac / SB3": 30.0,
-        "wall time to solve, SB3 / jaxac A2C (warm cache)": 25.0}
+        "A2C steps/s at workers=8 (1 XLA thread, as python -m jaxac.run runs it), "
+        "jaxac / SB3": 45.0, **solve}

@@ -165,3 +165,33 @@ def test_a_run_with_devices_2_splits_over_two_cpu_devices(tmp_path):
     environment = json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]
     assert [d.split()[0] for d in environment["devices"]] == ["cpu:0", "cpu:1"]
     assert "2 device(s)" in out.stdout + out.stderr
+
+
+def test_small_a2c_batches_on_one_device_get_one_thread(monkeypatch):
+    from jaxac.cpu_dispatch import SMALL_A2C_BATCH, automatic_xla_cpu_threads
+
+    monkeypatch.delenv("PJRT_NPROC", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert automatic_xla_cpu_threads("a2c", 8, 1, None) == 1
+    assert automatic_xla_cpu_threads("a2c", SMALL_A2C_BATCH, 1, 1) == 1
+    assert automatic_xla_cpu_threads("a2c", 8, SMALL_A2C_BATCH, None) is None  # seeds count
+    assert automatic_xla_cpu_threads("a2c", 512, 1, None) is None
+    assert automatic_xla_cpu_threads("a2c", 8, 1, 2) is None  # split over devices
+    assert automatic_xla_cpu_threads("a3c", 8, 1, None) is None  # workers overlap on the pool
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    assert automatic_xla_cpu_threads("a2c", 8, 1, None) is None  # devices=null: all four
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("PJRT_NPROC", "2")
+    assert automatic_xla_cpu_threads("a2c", 8, 1, None) is None  # the environment decided
+
+
+def test_a_default_run_gets_one_thread_and_a_large_batch_all(tmp_path):
+    from cli import run_jaxac
+
+    for name, overrides, expected in (("small", [], 1), ("large", ["workers=128"], None)):
+        out = run_jaxac("total_steps=2560", "eval_episodes=1", *overrides,
+                        f"hydra.run.dir={tmp_path}/{name}", env={"PJRT_NPROC": ""})
+        assert out.returncode == 0, out.stderr[-2000:]
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["environment"]["xla_cpu_threads"] == expected, name
+        assert summary["config"]["xla_cpu_threads"] is None
