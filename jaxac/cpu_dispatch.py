@@ -19,10 +19,10 @@ setting to single-device computations only), and results do not change.
 thread pools, one thread per core unless the PJRT_NPROC environment variable says otherwise when
 the client is created. `use_xla_cpu_threads` (the `xla_cpu_threads` config key) sets it; left
 null, a run of A2C on one device with a small batch gets one thread
-(`automatic_xla_cpu_threads`). On the
-2-core CI machine one thread trained A2C about as fast as two up to 64-512 workers, depending on
-the VM's phase (`python -m jaxac.bench` measures it), so two A2C runs side by side on one thread
-each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with several
+(`automatic_xla_cpu_threads`). On the 2-core CI machine (Zen 5) one thread trained A2C faster
+than two at 8 and 64 workers (1.4-1.5x and 1.1x) and slower at 512 (0.8-0.9x)
+(`python -m jaxac.bench` measures it); on the previous CI machine two A2C runs side by side on
+one thread each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with several
 workers wants the default: its workers' calls overlap on the pool (with one thread, 16 workers
 used one core).
 
