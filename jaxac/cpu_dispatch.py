@@ -22,9 +22,9 @@ null, a run of A2C on one device with a small batch gets one thread
 (`automatic_xla_cpu_threads`). On the 2-core CI machine (Zen 5) one thread trained A2C faster
 than two at 8 and 64 workers (1.4-1.5x and 1.1x) and slower at 512 (0.8-0.9x)
 (`python -m jaxac.bench` measures it); on the previous CI machine two A2C runs side by side on
-one thread each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with several
-workers wants the default: its workers' calls overlap on the pool (with one thread, 16 workers
-used one core).
+one thread each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with
+several workers wants the default: its workers' calls overlap on the pool (with one thread, 16
+workers used one core).
 
 **CPU devices.** XLA's CPU client has one device unless `--xla_force_host_platform_device_count`
 in XLA_FLAGS asks for more when it is created. `use_cpu_devices` (the `devices` config key) asks
@@ -51,6 +51,13 @@ import jax
 log = logging.getLogger(__name__)
 
 FLAG = "jax_cpu_enable_async_dispatch"
+
+
+def jax_started() -> bool:
+    """Whether JAX created its backends in this process (XLA's settings are fixed from then on)."""
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
 
 
 def run_cpu_computations_inline() -> bool:
@@ -140,13 +147,6 @@ def _xla_flag(flag: str) -> str | None:
 
 def _add_xla_flag(flag: str, value: object) -> None:
     os.environ[XLA_FLAGS] = f"{os.environ.get(XLA_FLAGS, '')} {flag}={value}".strip()
-
-
-def jax_started() -> bool:
-    """Whether JAX created its backends in this process (XLA's settings are fixed from then on)."""
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
 
 
 def use_cpu_devices(count: int | None) -> None:

@@ -58,7 +58,8 @@ def merge_moments(stats: ObsStats, batch_mean: jax.Array, batch_var: jax.Array,
     delta = batch_mean - stats.mean
     total = stats.count + batch_count
     mean = stats.mean + delta * batch_count / total
-    m2 = stats.var * stats.count + batch_var * batch_count + delta**2 * stats.count * batch_count / total
+    m2 = (stats.var * stats.count + batch_var * batch_count
+          + delta**2 * stats.count * batch_count / total)
     return ObsStats(mean=mean, var=m2 / total, count=total)
 
 

@@ -65,7 +65,7 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
         cfg = resume_config(cfg.resume, overrides)
         run_dir = cfg.resume
         checkpoint = find_checkpoint(run_dir)
-    use_xla_threads(cfg)  # before anything starts JAX
+    configure_xla_cpu_client(cfg)  # before anything starts JAX
     validate(cfg, len(jax.devices()))
     use_compilation_cache(cfg.compilation_cache_dir)
     run_dir = Path(run_dir)
@@ -125,7 +125,7 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
     return summary
 
 
-def use_xla_threads(cfg: DictConfig) -> None:
+def configure_xla_cpu_client(cfg: DictConfig) -> None:
     """Apply `xla_cpu_threads` and `devices` to XLA's CPU client before JAX starts (see
     jaxac/cpu_dispatch.py); ConfigError if the thread count is invalid or JAX already runs in
     this process with another one (a sweep job in a reused process)."""

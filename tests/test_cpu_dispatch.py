@@ -80,14 +80,14 @@ def test_a_started_jax_keeps_its_thread_count():
 
     from jaxac.config import ConfigError, compose_config
     from jaxac.cpu_dispatch import xla_cpu_threads
-    from jaxac.run import use_xla_threads
+    from jaxac.run import configure_xla_cpu_client
 
     jax.devices()  # JAX runs in this process from here on
     other = (xla_cpu_threads() or 0) + 7
     with pytest.raises(ConfigError) as info:
-        use_xla_threads(compose_config([f"xla_cpu_threads={other}"]))
+        configure_xla_cpu_client(compose_config([f"xla_cpu_threads={other}"]))
     assert info.value.key == "xla_cpu_threads" and "fresh process" in str(info.value)
-    use_xla_threads(compose_config([]))  # unset: nothing to apply, no error
+    configure_xla_cpu_client(compose_config([]))  # unset: nothing to apply, no error
 
 
 def test_a_run_records_its_thread_count(tmp_path):
