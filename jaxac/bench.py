@@ -153,6 +153,13 @@ def matmul_timer(size: int) -> Callable[[], float]:
     return lambda: timed_repeats(lambda: (run(n), 2 * size ** 3 * n)[1], 1)[0]
 
 
+def flop_bound_fraction(steps_per_second: float, flops_per_step: float,
+                        matmul_flops_per_second: float) -> float:
+    """Training throughput as a fraction of the FLOP-bound limit: the matrix-multiply rate
+    divided by the FLOPs of one training env step."""
+    return steps_per_second * flops_per_step / matmul_flops_per_second
+
+
 def flops(fn: Callable, *args) -> float:
     """XLA's count of the floating-point operations of `fn(*args)`, compiled."""
     analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
@@ -381,16 +388,16 @@ def a2c_one_core(a2c_rows: list[dict[str, Any]], repeats: int, seconds: float
         full = rows[one["workers"]]
         flops_per_step = full["flops"]["total_per_step"]
         one_matmul = one["matmul_flops_per_second"]["median"]
-        one["fraction_of_one_core_flop_bound"] = (
-            one["train_steps_per_second"]["median"] * flops_per_step / one_matmul)
+        one["fraction_of_one_core_flop_bound"] = flop_bound_fraction(
+            one["train_steps_per_second"]["median"], flops_per_step, one_matmul)
         one["all_cores_speedup"] = (full["train_steps_per_second"]["median"]
                                     / one["train_steps_per_second"]["median"])
         one["most_with_linear_scaling"] = (
             one["fraction_of_one_core_flop_bound"] * cores * one_matmul
             / full["matmul_flops_per_second"]["median"])
         one_passes = one["network_pass_steps_per_second"]["median"]
-        one["network_pass_fraction_of_one_core_flop_bound"] = (
-            one_passes * flops_per_step / one_matmul)
+        one["network_pass_fraction_of_one_core_flop_bound"] = flop_bound_fraction(
+            one_passes, flops_per_step, one_matmul)
         one["network_pass_all_cores_speedup"] = (
             full["network_pass_steps_per_second"]["median"] / one_passes)
     return measured
@@ -439,8 +446,8 @@ def a2c_on_cpu_devices(a2c_rows: list[dict[str, Any]], repeats: int, seconds: fl
     for split in measured:
         one = rows[split["workers"]]
         rate = split["train_steps_per_second"]["median"]
-        split["fraction_of_flop_bound"] = (rate * one["flops"]["total_per_step"]
-                                           / split["matmul_flops_per_second"]["median"])
+        split["fraction_of_flop_bound"] = flop_bound_fraction(
+            rate, one["flops"]["total_per_step"], split["matmul_flops_per_second"]["median"])
         split["over_one_device"] = rate / one["train_steps_per_second"]["median"]
     return measured
 
@@ -484,10 +491,11 @@ def a2c_split_ceiling(a2c_rows: list[dict[str, Any]], repeats: int, seconds: flo
 
         rates, cores_used, matmul = step_rates(train_all, repeats, seconds,
                                                before_each=matmul_rate)
-        limit = statistics.median(matmul) / full["flops"]["total_per_step"]
         rows.append({"workers": workers, "parts": cores, "steps_per_second": spread(rates),
                      "matmul_flops_per_second": spread(matmul), "cores_used": spread(cores_used),
-                     "fraction_of_flop_bound": statistics.median(rates) / limit,
+                     "fraction_of_flop_bound": flop_bound_fraction(
+                         statistics.median(rates), full["flops"]["total_per_step"],
+                         statistics.median(matmul)),
                      "over_training": (statistics.median(rates)
                                        / full["train_steps_per_second"]["median"])})
     return rows

@@ -127,10 +127,13 @@ def automatic_xla_cpu_threads(algo: str, workers: int, seeds: int, devices: int 
     return 1 if workers * seeds <= SMALL_A2C_BATCH else None
 
 
+def _whole_number(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
 def xla_cpu_threads() -> int | None:
     """The thread count XLA's CPU client is (or will be) created with; None: one per core."""
-    value = os.environ.get(THREADS_VARIABLE)
-    return int(value) if value and value.isdigit() else None
+    return _whole_number(os.environ.get(THREADS_VARIABLE))
 
 
 XLA_FLAGS = "XLA_FLAGS"  # read by XLA once, when JAX creates its first backend
@@ -188,5 +191,4 @@ def use_wide_cpu_vectors() -> bool:
 
 def xla_cpu_vector_width() -> int | None:
     """The vector width (bits) XLA compiles CPU kernels for; None: XLA's default (256)."""
-    value = _xla_flag(VECTOR_WIDTH_FLAG)
-    return int(value) if value and value.isdigit() else None
+    return _whole_number(_xla_flag(VECTOR_WIDTH_FLAG))
