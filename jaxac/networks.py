@@ -3,7 +3,7 @@ or Gaussian policy head and a scalar value head."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,33 @@ class MLP(nn.Module):
         return x
 
 
+class PatchConv(nn.Module):
+    """A stride-1, VALID-padded 2-D convolution over `[..., H, W, C]`, computed as one matrix
+    multiply of each output position's input patch with the flattened kernel (im2col).
+
+    Same parameters ("kernel" `[kh, kw, C, features]`, "bias"), initialisation and result as
+    `nn.Conv(features, kernel_size, padding="VALID")`, up to float rounding. Why not nn.Conv:
+    XLA's CPU convolution kernels run the training gradient of the MinAtar torso ~15x slower than
+    the same FLOPs as a dot (8.4k vs 132k env steps/s of network passes at 512 workers).
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = self.kernel_size
+        channels = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        out_h, out_w = x.shape[-3] - kh + 1, x.shape[-2] - kw + 1
+        # The patch's entries in the kernel's (row, column, channel) order.
+        patches = jnp.concatenate([x[..., i:i + out_h, j:j + out_w, :]
+                                   for i in range(kh) for j in range(kw)], axis=-1)
+        return patches @ kernel.reshape(kh * kw * channels, self.features) + bias
+
+
 class MinAtarTorso(nn.Module):
     """The MinAtar baseline torso: one 3x3 convolution, then a dense layer."""
 
@@ -40,8 +67,9 @@ class MinAtarTorso(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(nn.Conv(self.channels, (3, 3), padding="VALID",
-                            kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        # Named as the nn.Conv it replaces, so that saved parameters keep loading.
+        x = nn.relu(PatchConv(self.channels, (3, 3), name="Conv_0",
+                              kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
         x = x.reshape(x.shape[:-3] + (-1,))
         return nn.relu(_dense(self.dense, np.sqrt(2))(x))
 
