@@ -13,7 +13,7 @@ import numpy as np
 from flax import struct
 
 # gymnax is imported where it is used: importing it creates JAX arrays, which starts JAX's CPU
-# client, and XLA's thread pools must be sized before that (see jaxac/cpu_dispatch.py).
+# client, and XLA's thread pools must be sized before that (see jaxac/platform.py).
 
 # Classic "solved" thresholds (Gym's reward_threshold) for the environments that have one.
 KNOWN_SOLVE_THRESHOLDS = {

@@ -49,8 +49,10 @@ def evaluate_seeds(spec: EnvSpec, apply_fn: Callable, params: Any, obs_stats: Ob
 
 
 def main(argv: list[str] | None = None) -> None:
+    from jaxac import platform
     from jaxac.checkpoint import load_policy
 
+    platform.set_up()  # before JAX starts
     parser = argparse.ArgumentParser(description="Greedy evaluation of a trained jaxac run.")
     parser.add_argument("run_dir", help="a run directory written by `python -m jaxac.run`")
     parser.add_argument("--episodes", type=int, default=100)

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxac.cpu_dispatch import cpu_dispatch, xla_cpu_threads, xla_cpu_vector_width
+from jaxac.platform import cpu_dispatch, xla_cpu_threads, xla_cpu_vector_width
 
 log = logging.getLogger("jaxac")
 
@@ -157,7 +157,7 @@ def environment_info() -> dict:
         "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "jax_backend": jax.default_backend(),
-        "cpu_dispatch": cpu_dispatch(),  # see jaxac/cpu_dispatch.py
+        "cpu_dispatch": cpu_dispatch(),  # see jaxac/platform.py
         "xla_cpu_threads": xla_cpu_threads(),  # None: one per core
         "xla_cpu_vector_width": xla_cpu_vector_width(),  # None: XLA's default, 256 bits
         "devices": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()

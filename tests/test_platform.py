@@ -1,7 +1,8 @@
-"""Importing jaxac makes CPU computations run inline, unless the environment or an existing JAX
-backend already decided, and compiles for 512-bit vectors on processors that run them at full
-clock; `xla_cpu_threads` sizes XLA's CPU thread pools and `devices` makes CPU devices. Each case in
-a fresh process, since all are fixed once per process, when JAX creates its CPU client."""
+"""`jaxac.platform.set_up` makes CPU computations run inline, unless the environment or an
+existing JAX backend already decided, and compiles for 512-bit vectors on processors that run them
+at full clock; `xla_cpu_threads` sizes XLA's CPU thread pools and `devices` makes CPU devices;
+importing jaxac does none of it. Each case in a fresh process, since all are fixed once per
+process, when JAX creates its CPU client."""
 
 import json
 import os
@@ -15,8 +16,8 @@ import json, sys
 import jax
 if "--backend-first" in sys.argv:
     jax.devices()
-import jaxac
-from jaxac.cpu_dispatch import cpu_dispatch, run_cpu_computations_inline
+from jaxac.platform import cpu_dispatch, run_cpu_computations_inline, set_up
+set_up()
 x = jax.numpy.ones((1024, 1024))
 x.block_until_ready()
 y = jax.jit(lambda a: a @ a @ a @ a)(x)
@@ -35,7 +36,7 @@ def probe(*args, env_flag=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_importing_jaxac_runs_cpu_computations_inline():
+def test_set_up_runs_cpu_computations_inline():
     result = probe()
     assert result["dispatch"] == "inline"
     assert result["ready_on_return"]
@@ -52,7 +53,7 @@ def test_an_existing_backend_is_left_as_it_is():
 
 THREADS_PROBE = """
 import json, os, sys
-from jaxac.cpu_dispatch import use_xla_cpu_threads, xla_cpu_threads
+from jaxac.platform import use_xla_cpu_threads, xla_cpu_threads
 use_xla_cpu_threads(int(sys.argv[1]))
 import jax
 x = jax.numpy.ones((512, 512))
@@ -79,15 +80,15 @@ def test_a_started_jax_keeps_its_thread_count():
     import pytest
 
     from jaxac.config import ConfigError, compose_config
-    from jaxac.cpu_dispatch import xla_cpu_threads
-    from jaxac.run import configure_xla_cpu_client
+    from jaxac.platform import xla_cpu_threads
+    from jaxac.run import set_up_platform
 
     jax.devices()  # JAX runs in this process from here on
     other = (xla_cpu_threads() or 0) + 7
     with pytest.raises(ConfigError) as info:
-        configure_xla_cpu_client(compose_config([f"xla_cpu_threads={other}"]))
+        set_up_platform(compose_config([f"xla_cpu_threads={other}"]))
     assert info.value.key == "xla_cpu_threads" and "fresh process" in str(info.value)
-    configure_xla_cpu_client(compose_config([]))  # unset: nothing to apply, no error
+    set_up_platform(compose_config([]))  # unset: nothing to apply, no error
 
 
 def test_a_run_records_its_thread_count(tmp_path):
@@ -103,9 +104,8 @@ def test_a_run_records_its_thread_count(tmp_path):
 
 XLA_PROBE = """
 import json, os, sys
-import jaxac
-from jaxac.cpu_dispatch import use_cpu_devices, xla_cpu_vector_width
-use_cpu_devices(int(sys.argv[1]))
+from jaxac.platform import set_up, xla_cpu_vector_width
+set_up(cpu_devices=int(sys.argv[1]))
 import jax
 jax.jit(lambda x: x + 1)(1.0)
 print(json.dumps({"devices": len(jax.devices()), "width": xla_cpu_vector_width()}))
@@ -113,7 +113,7 @@ print(json.dumps({"devices": len(jax.devices()), "width": xla_cpu_vector_width()
 
 
 def xla_probe(devices: int, xla_flags: str, dump_dir) -> tuple[dict, str]:
-    """Import jaxac in a fresh process, ask for `devices` CPU devices, compile; (what the probe
+    """Set up jaxac's platform in a fresh process with `devices` CPU devices, compile; (what the probe
     saw, the vector width line of the debug options XLA compiled with)."""
     env = {**os.environ, "XLA_FLAGS": f"{xla_flags} --xla_dump_to={dump_dir}",
            "JAX_PLATFORMS": "cpu"}
@@ -132,7 +132,7 @@ def test_devices_makes_that_many_cpu_devices_unless_xla_flags_chose(tmp_path):
 
 
 def test_wide_vectors_where_the_processor_runs_them_at_full_clock(tmp_path):
-    from jaxac.cpu_dispatch import cpu_has_wide_vectors_at_full_clock
+    from jaxac.platform import cpu_has_wide_vectors_at_full_clock
 
     seen, compiled = xla_probe(1, "", tmp_path / "a")
     if cpu_has_wide_vectors_at_full_clock():
@@ -144,7 +144,7 @@ def test_wide_vectors_where_the_processor_runs_them_at_full_clock(tmp_path):
 
 
 def test_which_processors_get_wide_vectors():
-    from jaxac.cpu_dispatch import wide_vectors_at_full_clock
+    from jaxac.platform import wide_vectors_at_full_clock
 
     zen5 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
     zen3 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2\n"
@@ -168,7 +168,7 @@ def test_a_run_with_devices_2_splits_over_two_cpu_devices(tmp_path):
 
 
 def test_small_a2c_batches_on_one_device_get_one_thread(monkeypatch):
-    from jaxac.cpu_dispatch import SMALL_A2C_BATCH, automatic_xla_cpu_threads
+    from jaxac.platform import SMALL_A2C_BATCH, automatic_xla_cpu_threads
 
     monkeypatch.delenv("PJRT_NPROC", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "")
@@ -195,3 +195,27 @@ def test_a_default_run_gets_one_thread_and_a_large_batch_all(tmp_path):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["environment"]["xla_cpu_threads"] == expected, name
         assert summary["config"]["xla_cpu_threads"] is None
+
+
+IMPORT_PROBE = """
+import json, os
+before = {k: os.environ.get(k) for k in ("XLA_FLAGS", "PJRT_NPROC")}
+import jax
+dispatch = jax.config.read("jax_cpu_enable_async_dispatch")
+import jaxac, jaxac.analysis, jaxac.plots, jaxac.run, jaxac.a2c, jaxac.a3c, jaxac.bench
+from jaxac import platform
+print(json.dumps({"env_unchanged": before == {k: os.environ.get(k) for k in before},
+                  "dispatch_unchanged": jax.config.read("jax_cpu_enable_async_dispatch")
+                  == dispatch, "threefry": platform.unrolled_threefry_registered(),
+                  "jax_started": platform.jax_started()}))
+"""
+
+
+def test_importing_jaxac_changes_nothing_about_jax():
+    env = {k: v for k, v in os.environ.items() if k not in (FLAG_VARIABLE, "PJRT_NPROC")}
+    env["XLA_FLAGS"] = ""
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"env_unchanged": True, "dispatch_unchanged": True, "threefry": False,
+                    "jax_started": False}

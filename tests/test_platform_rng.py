@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxac.cpu_rng import use_unrolled_threefry_on_cpu
+from jaxac.platform import use_unrolled_threefry_on_cpu
 
 
 def draws():
@@ -19,7 +19,7 @@ def draws():
 
 
 def test_random_draws_compile_without_a_loop():
-    assert use_unrolled_threefry_on_cpu()  # jaxac's import already registered it
+    assert use_unrolled_threefry_on_cpu()  # the test session set up the platform
     compiled = jax.jit(lambda k: jax.random.uniform(k, (16,))).lower(
         jax.random.PRNGKey(0)).compile().as_text()
     assert " while(" not in compiled

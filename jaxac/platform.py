@@ -1,48 +1,27 @@
-"""How JAX's CPU client runs jaxac's computations: inline, and on how many threads.
+"""How JAX's CPU runtime runs jaxac, set up by one call from each entry point: `set_up`.
 
-**Inline dispatch.** By default JAX's CPU client dispatches every computation asynchronously: the
-calling thread enqueues it, a runtime thread picks it up, and the caller sleeps until it reads the
-result. For a long computation that costs nothing. An A3C worker, though, makes two short calls
-per update (about 150 and 50 µs), and the hand-offs and wake-ups around them cost about a third
-of the update's CPU: on the 2-core CI machine one worker used 1.42 cores and 690 CPU µs per update
-with asynchronous dispatch, 1.15 cores and 450 µs inline, and ran about 25% more env steps per
-second (about 10% more with 16 workers, in interleaved runs). A2C, one long call per log
-interval, was unchanged within noise.
+Importing jaxac changes nothing about JAX. `python -m jaxac.run`, `python -m jaxac.bench`,
+`python -m jaxac.evaluate` and the test suite call `set_up` before JAX starts; a script that
+builds trainers itself should do the same. It applies, each only where the process has not
+already decided:
 
-`run_cpu_computations_inline` turns asynchronous dispatch off for the CPU. It only has an effect
-before JAX creates its CPU client, so jaxac calls it on import, and it leaves the setting alone
-when the environment already chose one (`JAX_CPU_ENABLE_ASYNC_DISPATCH=true` keeps JAX's
-default). Computations that span several devices stay asynchronous either way (JAX applies the
-setting to single-device computations only), and results do not change.
+- **inline CPU dispatch**: CPU computations run in the calling thread instead of being handed to
+  a runtime thread; an A3C worker's two short calls per update otherwise pay for the hand-offs
+  (`JAX_CPU_ENABLE_ASYNC_DISPATCH=true` in the environment keeps JAX's default);
+- **thread pools**: XLA's CPU thread count (`PJRT_NPROC`, the `xla_cpu_threads` key);
+- **CPU devices**: `--xla_force_host_platform_device_count` (the `devices` key), so that
+  `devices=2` splits an A2C batch over two cores;
+- **vector width**: 512-bit vectors on AMD processors with AVX-512, which run them at full clock;
+- **RNG lowering**: JAX's unrolled threefry hash on the CPU, the same bits as its default in far
+  fewer kernels.
 
-**Thread pools.** XLA's CPU client runs the parts of a computation that can overlap on its own
-thread pools, one thread per core unless the PJRT_NPROC environment variable says otherwise when
-the client is created. `use_xla_cpu_threads` (the `xla_cpu_threads` config key) sets it; left
-null, a run of A2C on one device with a small batch gets one thread
-(`automatic_xla_cpu_threads`). On the 2-core CI machine (Zen 5) one thread trained A2C faster
-than two at 8 and 64 workers (1.4-1.5x and 1.1x) and slower at 512 (0.8-0.9x)
-(`python -m jaxac.bench` measures it); on the previous CI machine two A2C runs side by side on
-one thread each did 1.6-1.9x the env steps/s of two runs on XLA's default. A lone A3C run with
-several workers wants the default: its workers' calls overlap on the pool (with one thread, 16
-workers used one core).
-
-**CPU devices.** XLA's CPU client has one device unless `--xla_force_host_platform_device_count`
-in XLA_FLAGS asks for more when it is created. `use_cpu_devices` (the `devices` config key) asks
-for as many as the run wants, so that `devices=2` splits an A2C batch over two CPU devices, one
-per core of a 2-core machine: on the 2-core CI machine 512 workers trained at about 1.4-1.5x the
-env steps/s of one device (`python -m jaxac.bench` measures it; 8 workers are too few to split).
-On a machine with accelerators the flag changes nothing else.
-
-**Vector width.** XLA compiles CPU kernels for 256-bit vectors by default, because 512-bit
-instructions lower the clock of some Intel processors. AMD's processors with AVX-512 (Zen 4 and
-newer) do not; `use_wide_cpu_vectors` (on import) asks for 512-bit vectors there, which made the
-A2C update's element-wise kernels (tanh, the environment) faster: A2C at 512 workers trained
-about 12% more env steps/s on the 2-core CI machine (AMD EPYC, Zen 5), A3C was unchanged within
-noise. A width already chosen in XLA_FLAGS wins.
+All but the last are read by XLA once, when JAX creates its CPU client. What each is worth, as
+measured, is in docs/performance.md.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -50,7 +29,33 @@ import jax
 
 log = logging.getLogger(__name__)
 
-FLAG = "jax_cpu_enable_async_dispatch"
+DISPATCH_FLAG = "jax_cpu_enable_async_dispatch"
+THREADS_VARIABLE = "PJRT_NPROC"  # read by XLA's CPU client, once, when JAX creates it
+XLA_FLAGS = "XLA_FLAGS"  # read by XLA once, when JAX creates its first backend
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+VECTOR_WIDTH_FLAG = "--xla_cpu_prefer_vector_width"
+# Environments (workers x seeds) up to which one XLA thread trains A2C on one device faster than
+# one per core (docs/performance.md, "Thread pools").
+SMALL_A2C_BATCH = 64
+
+
+class ThreadsAlreadyFixed(RuntimeError):
+    """JAX's CPU client already exists in this process, with another thread count."""
+
+
+def set_up(xla_cpu_threads: int | None = None, cpu_devices: int | None = None) -> None:
+    """Apply jaxac's CPU-runtime settings to this process (see the module docstring).
+
+    `xla_cpu_threads`: XLA's CPU thread count (None: the environment's or one per core);
+    `cpu_devices`: CPU devices to create (None or 1: leave it). Call it before JAX starts; once
+    it has, only the RNG lowering still takes effect, and a different thread count raises
+    ThreadsAlreadyFixed. Idempotent.
+    """
+    use_xla_cpu_threads(xla_cpu_threads)
+    use_cpu_devices(cpu_devices)
+    run_cpu_computations_inline()
+    use_wide_cpu_vectors()
+    use_unrolled_threefry_on_cpu()
 
 
 def jax_started() -> bool:
@@ -60,17 +65,18 @@ def jax_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+# ----- dispatch ---------------------------------------------------------------------------------
+
 def run_cpu_computations_inline() -> bool:
     """Turn off asynchronous dispatch on the CPU; True if it took effect (the environment did not
     choose, the flag exists and no JAX backend was created yet)."""
-    if FLAG.upper() in os.environ:
+    if DISPATCH_FLAG.upper() in os.environ:
         return False
     try:
-        from jax._src import xla_bridge
-        if xla_bridge.backends_are_initialized():
+        if jax_started():
             log.debug("JAX's backends already exist: keeping its CPU dispatch as it is")
             return False
-        jax.config.update(FLAG, False)
+        jax.config.update(DISPATCH_FLAG, False)
     except (ImportError, AttributeError) as missing:  # a future JAX may move or drop these
         log.debug(f"keeping JAX's CPU dispatch as it is ({missing})")
         return False
@@ -80,17 +86,12 @@ def run_cpu_computations_inline() -> bool:
 def cpu_dispatch() -> str:
     """'inline' or 'async': how this process's CPU computations are dispatched (for the record)."""
     try:
-        return "async" if jax.config.read(FLAG) else "inline"
+        return "async" if jax.config.read(DISPATCH_FLAG) else "inline"
     except AttributeError:
         return "async"
 
 
-THREADS_VARIABLE = "PJRT_NPROC"  # read by XLA's CPU client, once, when JAX creates it
-
-
-class ThreadsAlreadyFixed(RuntimeError):
-    """JAX's CPU client already exists in this process, with another thread count."""
-
+# ----- thread pools -----------------------------------------------------------------------------
 
 def use_xla_cpu_threads(threads: int | None) -> None:
     """Size XLA's CPU thread pools to `threads` (None: leave them as the environment or XLA's
@@ -107,12 +108,6 @@ def use_xla_cpu_threads(threads: int | None) -> None:
                 f"start a fresh process (or set {THREADS_VARIABLE}={threads} in its environment)")
         return
     os.environ[THREADS_VARIABLE] = str(threads)
-
-
-# Environments (workers x seeds) up to which one XLA thread trains A2C on one device faster than
-# one per core: on the 2-core CI machine 1.53x the env steps/s at 8 workers and 1.12x at 64, but
-# 0.91x at 512 (`python -m jaxac.bench`, the one-core rows).
-SMALL_A2C_BATCH = 64
 
 
 def automatic_xla_cpu_threads(algo: str, workers: int, seeds: int, devices: int | None
@@ -136,10 +131,7 @@ def xla_cpu_threads() -> int | None:
     return _whole_number(os.environ.get(THREADS_VARIABLE))
 
 
-XLA_FLAGS = "XLA_FLAGS"  # read by XLA once, when JAX creates its first backend
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-VECTOR_WIDTH_FLAG = "--xla_cpu_prefer_vector_width"
-
+# ----- XLA flags: CPU devices and vector width --------------------------------------------------
 
 def _xla_flag(flag: str) -> str | None:
     """The value XLA_FLAGS gives `flag` (the last one wins, as in XLA), or None."""
@@ -150,6 +142,12 @@ def _xla_flag(flag: str) -> str | None:
 
 def _add_xla_flag(flag: str, value: object) -> None:
     os.environ[XLA_FLAGS] = f"{os.environ.get(XLA_FLAGS, '')} {flag}={value}".strip()
+
+
+def xla_flags_without(flag: str) -> str:
+    """XLA_FLAGS as it is, less every setting of `flag` (for a child process that sets its own)."""
+    return " ".join(item for item in os.environ.get(XLA_FLAGS, "").split()
+                    if not item.startswith(flag + "="))
 
 
 def use_cpu_devices(count: int | None) -> None:
@@ -163,7 +161,8 @@ def use_cpu_devices(count: int | None) -> None:
 
 
 def wide_vectors_at_full_clock(cpuinfo: str) -> bool:
-    """True for an AMD processor with AVX-512 (Zen 4 and newer), from /proc/cpuinfo's text."""
+    """True for an AMD processor with AVX-512 (Zen 4 and newer), from /proc/cpuinfo's text.
+    (Intel processors lower their clock for 512-bit work, so XLA's 256-bit default stays.)"""
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
                   if line.startswith("flags")), [])
     return "AuthenticAMD" in cpuinfo and "avx512f" in flags
@@ -192,3 +191,35 @@ def use_wide_cpu_vectors() -> bool:
 def xla_cpu_vector_width() -> int | None:
     """The vector width (bits) XLA compiles CPU kernels for; None: XLA's default (256)."""
     return _whole_number(_xla_flag(VECTOR_WIDTH_FLAG))
+
+
+# ----- RNG lowering -----------------------------------------------------------------------------
+
+@functools.cache
+def use_unrolled_threefry_on_cpu() -> bool:
+    """Lower threefry2x32 unrolled on the CPU (idempotent); True if it took effect.
+
+    JAX lowers its default PRNG for the CPU as a 5-iteration loop, which XLA's CPU runtime runs
+    as dozens of tiny kernels per draw; the unrolled form (JAX's own, used on GPU) gives the same
+    bits as one fused kernel. It reaches into a private JAX module: if that moves, JAX's default
+    stays and this returns False.
+    """
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32 as threefry
+        lowering = threefry._threefry2x32_lowering
+        primitive = threefry.threefry2x32_p
+    except (ImportError, AttributeError) as missing:
+        log.debug(f"keeping JAX's rolled threefry lowering on the CPU ({missing})")
+        return False
+    mlir.register_lowering(
+        primitive,
+        mlir.lower_fun(functools.partial(lowering, use_rolled_loops=False),
+                       multiple_results=True),
+        platform="cpu")
+    return True
+
+
+def unrolled_threefry_registered() -> bool:
+    """Whether `use_unrolled_threefry_on_cpu` ran in this process (without running it)."""
+    return use_unrolled_threefry_on_cpu.cache_info().currsize > 0
