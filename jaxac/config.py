@@ -1,8 +1,11 @@
-"""Configuration schema (dataclasses in Hydra's ConfigStore) and validation with clear errors.
+"""The one configuration schema: every key's type, default and allowed values, and validation.
 
-The schema catches wrong types and unknown keys while Hydra composes the config; `validate`
-catches wrong values, before anything is compiled, with one message naming the key, the value
-and what is allowed.
+The dataclasses below are the only place defaults are stated (Hydra's ConfigStore serves them;
+`conf/algo/*.yaml` only pick a schema, `conf/env/` and `conf/tuned/` are presets that override).
+The allowed-value lists are here too, and the modules that need one import it from here. The
+schema catches wrong types and unknown keys while Hydra composes the config; `validate` catches
+wrong values, before anything is compiled, with one message naming the key, the value and what is
+allowed.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from jaxac.a3c import UPDATE_MODES
-from jaxac.core import LossConfig
-from jaxac.optim import OPTIMIZERS, OptimConfig
+
+ALGOS = ("a2c", "a3c")
+TORSOS = ("auto", "mlp", "conv")
+ACTIVATIONS = ("tanh", "relu")
+OPTIMIZERS = ("rmsprop", "adam")
+UPDATE_MODES = ("locked", "hogwild")  # A3C: `algo.update`
 
 
 @dataclass
@@ -45,16 +51,16 @@ class AlgoConfig:
 
     name: str = MISSING
     gamma: float = 0.99
-    gae_lambda: float = 1.0
+    gae_lambda: float = 1.0  # 1.0: the plain n-step return of the A3C paper; < 1: GAE(lambda)
     value_coef: float = 0.5
     entropy_coef: float = 0.01
-    reward_scale: float = 1.0
+    reward_scale: float = 1.0  # the learner sees reward * reward_scale; logged returns stay raw
     lr: float = 7e-4
-    optimizer: str = "rmsprop"
+    optimizer: str = "rmsprop"  # one of OPTIMIZERS; A3C shares one optimizer state
     rmsprop_decay: float = 0.99
     eps: float = 1e-5
-    max_grad_norm: float = 0.5
-    anneal_lr: bool = False
+    max_grad_norm: float = 0.5  # global-norm gradient clipping
+    anneal_lr: bool = False  # linear learning-rate decay to 0 over the run
 
 
 @dataclass
@@ -67,7 +73,11 @@ class A3CConfig(AlgoConfig):
     name: str = "a3c"
     # One number for every worker, or {log_uniform: [low, high]}: each worker draws its own.
     entropy_coef: Any = 0.01
-    update: str = "locked"  # locked | hogwild
+    # The A3C paper's clip: with 5-sample updates the critic's error dominates the gradient norm,
+    # and A2C's tight 0.5 shrinks each update's policy part by a varying factor (CartPole stalls).
+    max_grad_norm: float = 40.0
+    anneal_lr: bool = True
+    update: str = "locked"  # one of UPDATE_MODES: a short critical section | no lock at all
     envs_per_worker: int = 1
     staleness_lr: bool = False  # scale each update by 1 / (1 + staleness)
 
@@ -112,11 +122,6 @@ def register_configs() -> None:
     cs.store(group="algo", name="a3c_schema", node=A3CConfig)
 
 
-ALGOS = ("a2c", "a3c")
-TORSOS = ("auto", "mlp", "conv")
-ACTIVATIONS = ("tanh", "relu")
-
-
 class ConfigError(ValueError):
     """A configuration value that is not allowed; the message names key, value and what is allowed."""
 
@@ -125,7 +130,7 @@ class ConfigError(ValueError):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(key, value, allowed)
 
@@ -140,51 +145,51 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     from jaxac.envs import env_names, unknown_env_message
 
     algo = cfg.algo
-    _require(algo.name in ALGOS, "algo", algo.name, f"one of {', '.join(ALGOS)}")
+    require(algo.name in ALGOS, "algo", algo.name, f"one of {', '.join(ALGOS)}")
     if cfg.env.name not in env_names():
         raise ConfigError("env.name", cfg.env.name, unknown_env_message(cfg.env.name))
-    _require(cfg.seeds >= 1, "seeds", cfg.seeds, "an integer >= 1")
-    _require(cfg.workers >= 1, "workers", cfg.workers, "an integer >= 1")
-    _require(cfg.rollout_length >= 1, "rollout_length", cfg.rollout_length, "an integer >= 1")
+    require(cfg.seeds >= 1, "seeds", cfg.seeds, "an integer >= 1")
+    require(cfg.workers >= 1, "workers", cfg.workers, "an integer >= 1")
+    require(cfg.rollout_length >= 1, "rollout_length", cfg.rollout_length, "an integer >= 1")
     per_update = steps_per_update(cfg)
-    _require(cfg.total_steps >= per_update, "total_steps", cfg.total_steps,
+    require(cfg.total_steps >= per_update, "total_steps", cfg.total_steps,
              f"at least one update's worth of steps, workers * rollout_length = {per_update}")
-    _require(cfg.log_interval >= 1, "log_interval", cfg.log_interval, "an integer >= 1")
-    _require(cfg.progress_seconds > 0, "progress_seconds", cfg.progress_seconds, "a number > 0")
-    _require(cfg.eval_episodes >= 0, "eval_episodes", cfg.eval_episodes, "an integer >= 0")
-    _require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
+    require(cfg.log_interval >= 1, "log_interval", cfg.log_interval, "an integer >= 1")
+    require(cfg.progress_seconds > 0, "progress_seconds", cfg.progress_seconds, "a number > 0")
+    require(cfg.eval_episodes >= 0, "eval_episodes", cfg.eval_episodes, "an integer >= 0")
+    require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
              "an integer >= 0 (0: only the final checkpoint)")
-    _require(cfg.checkpoint_keep >= 1, "checkpoint_keep", cfg.checkpoint_keep, "an integer >= 1")
-    _require(algo.lr > 0, "algo.lr", algo.lr, "a number > 0")
+    require(cfg.checkpoint_keep >= 1, "checkpoint_keep", cfg.checkpoint_keep, "an integer >= 1")
+    require(algo.lr > 0, "algo.lr", algo.lr, "a number > 0")
     for key in ("gamma", "gae_lambda"):
         value = algo[key]
-        _require(0.0 <= value <= 1.0, f"algo.{key}", value, "a number in [0, 1]")
-    _require(algo.reward_scale > 0, "algo.reward_scale", algo.reward_scale, "a number > 0")
+        require(0.0 <= value <= 1.0, f"algo.{key}", value, "a number in [0, 1]")
+    require(algo.reward_scale > 0, "algo.reward_scale", algo.reward_scale, "a number > 0")
     if algo.name == "a2c":
-        _require(algo.entropy_coef >= 0, "algo.entropy_coef", algo.entropy_coef, "a number >= 0")
-    _require(algo.value_coef >= 0, "algo.value_coef", algo.value_coef, "a number >= 0")
-    _require(algo.max_grad_norm > 0, "algo.max_grad_norm", algo.max_grad_norm, "a number > 0")
-    _require(algo.eps > 0, "algo.eps", algo.eps, "a number > 0")
-    _require(0.0 <= algo.rmsprop_decay < 1.0, "algo.rmsprop_decay", algo.rmsprop_decay,
+        require(algo.entropy_coef >= 0, "algo.entropy_coef", algo.entropy_coef, "a number >= 0")
+    require(algo.value_coef >= 0, "algo.value_coef", algo.value_coef, "a number >= 0")
+    require(algo.max_grad_norm > 0, "algo.max_grad_norm", algo.max_grad_norm, "a number > 0")
+    require(algo.eps > 0, "algo.eps", algo.eps, "a number > 0")
+    require(0.0 <= algo.rmsprop_decay < 1.0, "algo.rmsprop_decay", algo.rmsprop_decay,
              "a number in [0, 1)")
-    _require(algo.optimizer in OPTIMIZERS, "algo.optimizer", algo.optimizer,
+    require(algo.optimizer in OPTIMIZERS, "algo.optimizer", algo.optimizer,
              f"one of {', '.join(OPTIMIZERS)}")
-    _require(cfg.network.torso in TORSOS, "network.torso", cfg.network.torso,
+    require(cfg.network.torso in TORSOS, "network.torso", cfg.network.torso,
              f"one of {', '.join(TORSOS)}")
-    _require(cfg.network.activation in ACTIVATIONS, "network.activation", cfg.network.activation,
+    require(cfg.network.activation in ACTIVATIONS, "network.activation", cfg.network.activation,
              f"one of {', '.join(ACTIVATIONS)}")
-    _require(len(cfg.network.hidden_sizes) >= 1 and min(cfg.network.hidden_sizes) >= 1,
+    require(len(cfg.network.hidden_sizes) >= 1 and min(cfg.network.hidden_sizes) >= 1,
              "network.hidden_sizes", list(cfg.network.hidden_sizes),
              "a non-empty list of positive layer widths")
     if cfg.network.log_std_init is not None:
         from jaxac.envs import make_env
 
-        _require(not make_env(cfg.env.name).discrete, "network.log_std_init",
+        require(not make_env(cfg.env.name).discrete, "network.log_std_init",
                  cfg.network.log_std_init, f"unset (null) for {cfg.env.name}, whose actions are "
                  "discrete: it sets the Gaussian policy of continuous-action environments")
     validate_xla_cpu_threads(cfg)
     if cfg.devices is not None:
-        _require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
+        require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
                  f"between 1 and the {available_devices} available device(s), or null for all "
                  "(on a machine without accelerators a fresh process gets as many CPU devices as "
                  "`devices` asks for)")
@@ -192,7 +197,7 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     if algo.name == "a3c":
         _validate_a3c(cfg)
     if algo.name == "a2c":
-        _require(cfg.workers % n_devices == 0, "workers", cfg.workers,
+        require(cfg.workers % n_devices == 0, "workers", cfg.workers,
                  f"a multiple of the number of devices ({n_devices}), so the environment batch "
                  "splits evenly")
 
@@ -200,87 +205,29 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
 def validate_xla_cpu_threads(cfg: DictConfig) -> None:
     """Check `xla_cpu_threads` alone: it is applied before JAX starts, ahead of `validate`."""
     threads = cfg.get("xla_cpu_threads")
-    _require(threads is None or threads >= 1, "xla_cpu_threads", threads,
+    require(threads is None or threads >= 1, "xla_cpu_threads", threads,
              "an integer >= 1, or null for one thread per core")
 
 
 def _validate_a3c(cfg: DictConfig) -> None:
     algo = cfg.algo
-    _require(algo["update"] in UPDATE_MODES, "algo.update", algo["update"],
+    require(algo["update"] in UPDATE_MODES, "algo.update", algo["update"],
              f"one of {', '.join(UPDATE_MODES)}")
-    _require(algo.envs_per_worker >= 1, "algo.envs_per_worker", algo.envs_per_worker,
+    require(algo.envs_per_worker >= 1, "algo.envs_per_worker", algo.envs_per_worker,
              "an integer >= 1")
-    _require(cfg.seeds == 1, "seeds", cfg.seeds,
+    require(cfg.seeds == 1, "seeds", cfg.seeds,
              "1 for A3C (run several seeds as a sweep: -m seed=0,1,2)")
     coef = algo.entropy_coef
     allowed = "a number >= 0, or {log_uniform: [low, high]} with 0 < low <= high"
     if isinstance(coef, (int, float)) and not isinstance(coef, bool):
-        _require(coef >= 0, "algo.entropy_coef", coef, allowed)
+        require(coef >= 0, "algo.entropy_coef", coef, allowed)
         return
     ok = (isinstance(coef, DictConfig) and set(coef.keys()) == {"log_uniform"}
           and len(coef.log_uniform) == 2
           and all(isinstance(x, (int, float)) for x in coef.log_uniform)
           and 0 < coef.log_uniform[0] <= coef.log_uniform[1])
-    _require(ok, "algo.entropy_coef", coef if not isinstance(coef, DictConfig)
+    require(ok, "algo.entropy_coef", coef if not isinstance(coef, DictConfig)
              else OmegaConf.to_container(coef), allowed)
-
-
-def loss_config(cfg: DictConfig) -> LossConfig:
-    a = cfg.algo
-    return LossConfig(gamma=float(a.gamma), gae_lambda=float(a.gae_lambda),
-                      value_coef=float(a.value_coef),
-                      entropy_coef=float(a.entropy_coef) if isinstance(a.entropy_coef, (int, float))
-                      else 0.0,  # A3C per-worker coefficients are passed to the loss directly
-                      reward_scale=float(a.reward_scale), normalize_obs=bool(cfg.env.normalize_obs))
-
-
-def optim_config(cfg: DictConfig) -> OptimConfig:
-    a = cfg.algo
-    return OptimConfig(lr=float(a.lr), optimizer=str(a.optimizer),
-                       rmsprop_decay=float(a.rmsprop_decay), eps=float(a.eps),
-                       max_grad_norm=float(a.max_grad_norm), anneal_lr=bool(a.anneal_lr))
-
-
-# What a resumed run may change: how long it goes on and how it reports, never what it learns.
-RESUME_CHANGEABLE = {"total_steps": int, "eval_episodes": int, "progress_seconds": (int, float),
-                     "checkpoint_every": int, "checkpoint_keep": int, "devices": (int, type(None)),
-                     "xla_cpu_threads": (int, type(None))}
-
-
-def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
-    """The config to continue the run in directory `resume`: its saved config, plus command-line
-    `overrides` of the keys in RESUME_CHANGEABLE. Raises ConfigError for a directory that is not a
-    run or holds no intact checkpoint, and for an override of any other key."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from jaxac.checkpoint import find_checkpoint
-
-    run_dir = Path(resume)
-    saved = run_dir / ".hydra" / "config.yaml"
-    _require(run_dir.is_dir(), "resume", resume, "the path of an existing run directory")
-    _require(saved.exists(), "resume", resume,
-             "a jaxac run directory (one holding .hydra/config.yaml)")
-    checkpoint = find_checkpoint(run_dir)
-    _require(checkpoint is not None, "resume", resume,
-             "a run directory holding an intact training checkpoint (checkpoint/state-*.json); "
-             "this one has none")
-    cfg = OmegaConf.load(saved)
-    changeable = ", ".join(RESUME_CHANGEABLE)
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
-        key = override.key_or_group
-        if key == "resume" or key.startswith("hydra"):
-            continue
-        value = override.value()
-        _require(key in RESUME_CHANGEABLE, key, value,
-                 f"left as saved when resuming (the run continues with its own config); only "
-                 f"{changeable} may change")
-        _require(isinstance(value, RESUME_CHANGEABLE[key]) and not isinstance(value, bool), key,
-                 value, f"a value of type {RESUME_CHANGEABLE[key]}")
-        OmegaConf.update(cfg, key, value)
-    _require(cfg.total_steps >= checkpoint.env_steps, "total_steps", cfg.total_steps,
-             f"at least the {checkpoint.env_steps:,} env steps of the checkpoint it resumes from")
-    cfg.resume = str(run_dir)
-    return cfg
 
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

@@ -20,14 +20,25 @@ from jaxac.normalization import ObsStats, normalize
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Hyperparameters of the advantage actor-critic loss (hashable: a static jit argument)."""
+    """Hyperparameters of the advantage actor-critic loss (hashable: a static jit argument).
+    Their defaults and meaning are the config schema's (`jaxac.config.AlgoConfig`)."""
 
-    gamma: float = 0.99
-    gae_lambda: float = 1.0  # 1.0 is the plain n-step return of the A3C paper
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    reward_scale: float = 1.0  # the learner sees reward * reward_scale (statistics stay raw)
-    normalize_obs: bool = False
+    gamma: float
+    gae_lambda: float
+    value_coef: float
+    entropy_coef: float  # A3C's per-worker coefficients are passed to the loss directly
+    reward_scale: float
+    normalize_obs: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "LossConfig":
+        """The loss settings of a validated run config."""
+        a = cfg.algo
+        return cls(gamma=float(a.gamma), gae_lambda=float(a.gae_lambda),
+                   value_coef=float(a.value_coef),
+                   entropy_coef=float(a.entropy_coef)
+                   if isinstance(a.entropy_coef, (int, float)) else 0.0,
+                   reward_scale=float(a.reward_scale), normalize_obs=bool(cfg.env.normalize_obs))
 
 
 @struct.dataclass

@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxac.config import ACTIVATIONS
 from jaxac.distributions import Categorical, DiagonalGaussian
 from jaxac.envs import EnvSpec
 
-ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+ACTIVATION_FUNCTIONS = {name: getattr(nn, name) for name in ACTIVATIONS}
 
 
 def _dense(features: int, scale: float) -> nn.Dense:
@@ -28,7 +29,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         for size in self.hidden_sizes:
-            x = ACTIVATIONS[self.activation](_dense(size, np.sqrt(2))(x))
+            x = ACTIVATION_FUNCTIONS[self.activation](_dense(size, np.sqrt(2))(x))
         return x
 
 

@@ -9,18 +9,28 @@ from typing import Any
 import jax
 import optax
 
+from jaxac.config import OPTIMIZERS
+
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 7e-4
-    optimizer: str = "rmsprop"  # "rmsprop" or "adam"
-    rmsprop_decay: float = 0.99
-    eps: float = 1e-5
-    max_grad_norm: float = 0.5
-    anneal_lr: bool = False  # linear decay to zero over `total_updates`
+    """The optimizer settings; their defaults and meaning are the config schema's
+    (`jaxac.config.AlgoConfig`)."""
 
+    lr: float
+    optimizer: str  # one of jaxac.config.OPTIMIZERS
+    rmsprop_decay: float
+    eps: float
+    max_grad_norm: float
+    anneal_lr: bool  # linear decay to zero over `total_updates`
 
-OPTIMIZERS = ("rmsprop", "adam")
+    @classmethod
+    def from_config(cls, cfg: Any) -> "OptimConfig":
+        """The optimizer settings of a validated run config."""
+        a = cfg.algo
+        return cls(lr=float(a.lr), optimizer=str(a.optimizer),
+                   rmsprop_decay=float(a.rmsprop_decay), eps=float(a.eps),
+                   max_grad_norm=float(a.max_grad_norm), anneal_lr=bool(a.anneal_lr))
 
 
 def make_optimizer(cfg: OptimConfig, total_updates: int) -> optax.GradientTransformation:

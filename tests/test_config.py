@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from jaxac.config import ConfigError, compose_config, resume_config, validate
+from jaxac.checkpoint import resume_config
+from jaxac.config import ConfigError, compose_config, validate
 
 BAD = [
     (["workers=0"], "workers", "0"),
