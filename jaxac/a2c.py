@@ -9,6 +9,7 @@ touches the state once per logging interval.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -22,14 +23,13 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxac import core
-from jaxac.checkpoint import Checkpointer, load_checkpoint
-from jaxac.envs import EnvCarry, EnvSpec, reset_envs
+from jaxac.checkpoint import CheckpointInfo, load_checkpoint
+from jaxac.envs import EnvCarry, EnvSpec, reset_envs, solve_threshold
 from jaxac.episodes import EpisodeStats, RecentEpisodes, add_episodes
 from jaxac.normalization import (ObsStats, batch_moments, init_obs_stats, merge_moments,
                                  pool_moments)
-from jaxac.metrics import mean_or_none, resident_memory_mb
-from jaxac.optim import current_lr
-from jaxac.results import Divergence, TrainResult, first_nonfinite
+from jaxac.optim import OptimConfig, current_lr, make_optimizer
+from jaxac.results import Divergence, MetricRow, first_nonfinite, nonfinite_flags
 from jaxac.signals import StopRequest
 
 AXIS = "devices"  # mesh axis the environment batch is split over
@@ -59,7 +59,7 @@ class IntervalMetrics:
     grad_norm: jax.Array
     episodes: EpisodeStats
     nonfinite_update: jax.Array  # first update whose results were not all finite; -1: none
-    nonfinite_flags: jax.Array  # at that update, bit i set: GUARDED_METRICS[i] was not finite
+    nonfinite_flags: jax.Array  # at that update (results.nonfinite_flags)
 
     @classmethod
     def empty(cls) -> "IntervalMetrics":
@@ -75,14 +75,6 @@ class IntervalMetrics:
             self.grad_norm + m.grad_norm, self.episodes.merge(m.episodes),
             jnp.where(first, self.nonfinite_update, m.nonfinite_update),
             jnp.where(first, self.nonfinite_flags, m.nonfinite_flags))
-
-
-def nonfinite_flags(info: core.LossInfo, grad_norm: jax.Array, params: Any) -> jax.Array:
-    """Bit mask of the guarded metrics (GUARDED_METRICS order) that are NaN or infinite."""
-    params_finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
-    checks = [info.policy_loss, info.value_loss, info.entropy, grad_norm]
-    bad = [~jnp.isfinite(x) for x in checks] + [~params_finite]
-    return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
 
 
 @dataclass
@@ -141,8 +133,8 @@ def shards_along_batch(x: jax.Array) -> jax.Array:
     return jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)
 
 
-class A2CTrainer:
-    """Builds, shards and runs the jitted A2C update loop."""
+class A2CLearner:
+    """Builds, shards and runs the jitted A2C update loop: pure functions of a TrainState."""
 
     def __init__(self, settings: A2CSettings, devices: list[Any]):
         self.s = settings
@@ -219,7 +211,8 @@ class A2CTrainer:
         state = TrainState(params, opt_state, obs_stats, envs, recent, update,
                            jnp.where(newly_solved, update, state.solved_update))
         grad_norm = optax.tree.norm(grads)
-        flags = nonfinite_flags(info, grad_norm, params)
+        flags = nonfinite_flags(policy_loss=info.policy_loss, value_loss=info.value_loss,
+                                entropy=info.entropy, grad_norm=grad_norm, params=params)
         metrics = IntervalMetrics(jnp.int32(1), info.policy_loss, info.value_loss, info.entropy,
                                   grad_norm, EpisodeStats.of(ep_return, ep_length, done),
                                   jnp.where(flags != 0, update, -1), flags)
@@ -257,7 +250,8 @@ class A2CTrainer:
         self._compiled = self._run.lower(state, jnp.int32(1)).compile()
         return time.perf_counter() - start
 
-    def run_updates(self, state: TrainState, num_updates: int) -> tuple[TrainState, dict]:
+    def run_updates(self, state: TrainState, num_updates: int
+                    ) -> tuple[TrainState, list[MetricRow]]:
         """Apply `num_updates` updates to every seed; returns the new state and per-seed metrics."""
         run = getattr(self, "_compiled", None) or self._run
         state, acc = run(state, jnp.int32(num_updates))
@@ -266,47 +260,37 @@ class A2CTrainer:
                                    current_lr(state.opt_state)))
         return state, interval_rows(*progress, steps_per_update=self.steps_per_update)
 
-    def divergence(self, rows: list[dict]) -> Divergence | None:
-        """The divergence an interval's rows report (the first seed's, if several), or None."""
-        for row in rows:
-            if row["nonfinite_update"] is not None:
-                return Divergence(row["nonfinite_update"],
-                                  row["nonfinite_update"] * self.steps_per_update,
-                                  first_nonfinite(row["nonfinite_flags"]), row["seed_index"])
-        return None
-
 
 def interval_rows(acc: IntervalMetrics, recent: RecentEpisodes, update: np.ndarray,
-                  solved_update: np.ndarray, lr: np.ndarray, steps_per_update: int) -> list[dict]:
-    """Turn the summed interval metrics of every seed into one plain dict per seed."""
+                  solved_update: np.ndarray, lr: np.ndarray, steps_per_update: int
+                  ) -> list[MetricRow]:
+    """Turn the summed interval metrics of every seed into one MetricRow per seed."""
     rows = []
     for i in range(len(update)):
         n = max(int(acc.updates[i]), 1)
         eps = int(acc.episodes.count[i])
         in_window = int(recent.count[i])
-        recent_mean = float(recent.returns[i][:in_window].mean()) if in_window else None
         solved = int(solved_update[i])
-        rows.append({
-            "seed_index": i,
-            "updates": int(update[i]),
-            "env_steps": int(update[i]) * steps_per_update,
-            "episodes": eps,
-            "episode_return_mean": float(acc.episodes.return_sum[i]) / eps if eps else None,
-            "episode_return_min": float(acc.episodes.return_min[i]) if eps else None,
-            "episode_return_max": float(acc.episodes.return_max[i]) if eps else None,
-            "episode_length_mean": float(acc.episodes.length_sum[i]) / eps if eps else None,
-            "return_last100": recent_mean,
-            "episodes_in_last100": in_window,
-            "policy_loss": float(acc.policy_loss[i]) / n,
-            "value_loss": float(acc.value_loss[i]) / n,
-            "entropy": float(acc.entropy[i]) / n,
-            "grad_norm": float(acc.grad_norm[i]) / n,
-            "learning_rate": float(lr[i]),
-            "solved_env_steps": solved * steps_per_update if solved >= 0 else None,
-            "nonfinite_update": int(acc.nonfinite_update[i]) if acc.nonfinite_update[i] >= 0
+        rows.append(MetricRow(
+            seed_index=i,
+            env_steps=int(update[i]) * steps_per_update,
+            updates=int(update[i]),
+            episodes=eps,
+            episode_return_mean=float(acc.episodes.return_sum[i]) / eps if eps else None,
+            episode_return_min=float(acc.episodes.return_min[i]) if eps else None,
+            episode_return_max=float(acc.episodes.return_max[i]) if eps else None,
+            episode_length_mean=float(acc.episodes.length_sum[i]) / eps if eps else None,
+            return_last100=float(recent.returns[i][:in_window].mean()) if in_window else None,
+            episodes_in_last100=in_window,
+            policy_loss=float(acc.policy_loss[i]) / n,
+            value_loss=float(acc.value_loss[i]) / n,
+            entropy=float(acc.entropy[i]) / n,
+            grad_norm=float(acc.grad_norm[i]) / n,
+            learning_rate=float(lr[i]),
+            solved_env_steps=solved * steps_per_update if solved >= 0 else None,
+            nonfinite_update=int(acc.nonfinite_update[i]) if acc.nonfinite_update[i] >= 0
             else None,
-            "nonfinite_flags": int(acc.nonfinite_flags[i]),
-        })
+            nonfinite_flags=int(acc.nonfinite_flags[i])))
     return rows
 
 
@@ -315,97 +299,99 @@ def total_updates(total_steps: int, steps_per_update: int) -> int:
     return max(1, total_steps // steps_per_update)
 
 
-def updates_per_log(log_interval: int, steps_per_update: int) -> int:
-    return max(1, math.ceil(log_interval / steps_per_update))
-
-
-def build_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A2CTrainer:
-    """An A2CTrainer for a validated Hydra config."""
-    from jaxac.config import loss_config, optim_config, steps_per_update
-    from jaxac.envs import solve_threshold
-    from jaxac.optim import make_optimizer
-
-    n_updates = total_updates(cfg.total_steps, steps_per_update(cfg))
+def build_learner(cfg, spec: EnvSpec, network, devices: list[Any]) -> A2CLearner:
+    """An A2CLearner for a validated run config."""
+    steps_per_update = int(cfg.workers) * int(cfg.rollout_length)
     settings = A2CSettings(
         spec=spec,
         apply_fn=network.apply,
         init_params=lambda key: network.init(key, jnp.zeros((1,) + spec.obs_shape)),
-        tx=make_optimizer(optim_config(cfg), n_updates),
-        loss=loss_config(cfg),
+        tx=make_optimizer(OptimConfig.from_config(cfg),
+                          total_updates(cfg.total_steps, steps_per_update)),
+        loss=core.LossConfig.from_config(cfg),
         workers=int(cfg.workers),
         rollout_length=int(cfg.rollout_length),
         seeds=int(cfg.seeds),
         solve_threshold=solve_threshold(cfg.env.name, cfg.env.solve_threshold),
     )
-    return A2CTrainer(settings, devices)
+    return A2CLearner(settings, devices)
 
 
-def train(cfg, spec: EnvSpec, network, devices: list[Any], writer, progress,
-          stop: StopRequest, checkpointer: Checkpointer) -> TrainResult:
-    """Train `cfg.seeds` A2C agents for `cfg.total_steps` env steps each, logging as it goes.
+class A2CTrainer:
+    """A2C for the shared training driver (`jaxac.loop.Trainer`): the learner's jitted
+    intervals, one per log point, on a state that stays on the devices between them."""
 
-    Starts from `checkpointer.resume_from` when it names a checkpoint. Writes a checkpoint every
-    `checkpoint_every` env steps (at the first log point past it) and at the end. When `stop` is
-    requested (SIGINT/SIGTERM) the current logging interval finishes, a checkpoint is written and
-    the result so far is returned, marked interrupted. When an update goes non-finite training
-    stops there; the last good checkpoint stays the newest.
-    """
-    trainer = build_trainer(cfg, spec, network, devices)
-    state = trainer.init_state(int(cfg.seed))
-    seeds = int(cfg.seeds)
-    host = {"updates_done": 0, "wall_seconds": 0.0, "rates": [],
-            "solved_env_steps": [None] * seeds, "solved_wall_seconds": [None] * seeds}
-    if checkpointer.resume_from is not None:
-        state = trainer.place(load_checkpoint(checkpointer.resume_from, jax.device_get(state)))
-        host.update({k: checkpointer.resume_from.meta[k] for k in host})
-    # Wall time continues from the checkpoint's, so a resumed run's times line up with before.
-    start = time.perf_counter() - host["wall_seconds"]
-    compile_seconds = trainer.compile(state)
-    n_total = total_updates(cfg.total_steps, trainer.steps_per_update)
-    per_log = updates_per_log(cfg.log_interval, trainer.steps_per_update)
-    rates, solved_steps, solved_wall = host["rates"], host["solved_env_steps"], \
-        host["solved_wall_seconds"]
-    done = host["updates_done"]
-    divergence = None
-    last_time, last_steps = time.perf_counter(), done * trainer.steps_per_update
+    def __init__(self, learner: A2CLearner, seed: int, total_steps: int):
+        self.learner, self.seeds = learner, learner.s.seeds
+        self.total_updates = total_updates(total_steps, learner.steps_per_update)
+        self.state = learner.init_state(seed)
+        self.updates_done = 0
+        self._rows: list[MetricRow] = []  # the last interval's, until the driver logs them
+        self._last_rows: list[MetricRow] = []
 
-    def save_checkpoint() -> None:
-        checkpointer.save(state, {
-            "algo": "a2c", "env_steps": last_steps, "updates_done": done,
-            "wall_seconds": time.perf_counter() - start, "metrics_lines": writer.lines,
-            "rates": rates, "solved_env_steps": solved_steps, "solved_wall_seconds": solved_wall})
+    def restore(self, checkpoint: CheckpointInfo) -> None:
+        self.state = self.learner.place(load_checkpoint(checkpoint,
+                                                        jax.device_get(self.state)))
+        meta = checkpoint.meta.get("trainer", checkpoint.meta)  # older checkpoints: top level
+        self.updates_done = int(meta["updates_done"])
 
-    while done < n_total and not stop.requested:
-        n = min(per_log, n_total - done)
-        state, rows = trainer.run_updates(state, n)
-        now = time.perf_counter()
-        env_steps = rows[0]["env_steps"]
-        done = rows[0]["updates"]
-        rate = (env_steps - last_steps) * seeds / (now - last_time)
-        rates.append(rate)
-        for row in rows:
-            i = row["seed_index"]
-            if row["solved_env_steps"] is not None and solved_steps[i] is None:
-                # Interpolate the solve time within this interval, linearly in env steps.
-                frac = (row["solved_env_steps"] - last_steps) / max(env_steps - last_steps, 1)
-                solved_steps[i] = row["solved_env_steps"]
-                solved_wall[i] = (last_time - start) + frac * (now - last_time)
-            writer.write({**row, "seed": int(cfg.seed), "wall_time": now - start,
-                          "steps_per_second": rate, "rss_mb": resident_memory_mb()})
-        progress.update(env_steps, rate, mean_or_none(r["episode_return_mean"] for r in rows),
-                        mean_or_none(r["return_last100"] for r in rows), force=done == n_total)
-        last_time, last_steps = now, env_steps
-        divergence = trainer.divergence(rows)
-        if divergence is not None:
-            divergence.last_checkpoint_env_steps = checkpointer.last_env_steps
-            break
-        if checkpointer.due(env_steps):
-            save_checkpoint()
-        if cfg.stop_when_solved and all(steps is not None for steps in solved_steps):
-            break
-    if divergence is None:
-        save_checkpoint()  # the final (or interrupted) state, to resume or extend from
-    return TrainResult(state.params, state.obs_stats, last_steps, compile_seconds,
-                       time.perf_counter() - start, rates, solved_steps, solved_wall,
-                       interrupted=stop.requested and done < n_total and divergence is None,
-                       diverged=divergence)
+    def compile(self) -> float:
+        return self.learner.compile(self.state)
+
+    def start(self) -> None:
+        pass  # nothing runs between the driver's calls
+
+    def advance(self, env_steps: int, stop: StopRequest) -> None:
+        """Run the updates up to `env_steps` in one jitted call (a stop request is seen after
+        it returns: the call's donated state cannot be abandoned halfway)."""
+        per_update = self.learner.steps_per_update
+        wanted = math.ceil(max(env_steps - self.env_steps, 1) / per_update)
+        n = min(wanted, self.total_updates - self.updates_done)
+        self.state, self._rows = self.learner.run_updates(self.state, n)
+        self._last_rows = self._rows
+        self.updates_done = self._rows[0].updates
+
+    @property
+    def env_steps(self) -> int:
+        return self.updates_done * self.learner.steps_per_update
+
+    @property
+    def finished(self) -> bool:
+        return self.updates_done >= self.total_updates
+
+    def log_rows(self) -> list[MetricRow]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def paused(self):
+        return contextlib.nullcontext(True)  # between calls the state is always consistent
+
+    def checkpoint(self) -> tuple[Any, dict]:
+        return self.state, {"updates_done": self.updates_done}
+
+    def divergence(self) -> Divergence | None:
+        """The first seed's divergence in the last interval, if any seed went non-finite."""
+        for row in self._last_rows:
+            if row.nonfinite_update is not None:
+                return Divergence(row.nonfinite_update,
+                                  row.nonfinite_update * self.learner.steps_per_update,
+                                  first_nonfinite(row.nonfinite_flags), row.seed_index)
+        return None
+
+    def stop(self) -> None:
+        pass
+
+    def failure(self) -> None:
+        return None
+
+    def policy(self) -> tuple[Any, Any]:
+        return self.state.params, self.state.obs_stats
+
+    def summary(self) -> dict:
+        return {}
+
+
+def make_trainer(cfg, spec: EnvSpec, network, devices: list[Any]) -> A2CTrainer:
+    """The A2C trainer of a validated run config, for `jaxac.loop.train`."""
+    return A2CTrainer(build_learner(cfg, spec, network, devices), int(cfg.seed),
+                      int(cfg.total_steps))

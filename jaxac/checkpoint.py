@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import serialization
 from omegaconf import DictConfig, OmegaConf
 
+from jaxac.config import require
 from jaxac.envs import EnvSpec, make_env
 from jaxac.metrics import write_json
 from jaxac.networks import ActorCritic, make_network
@@ -202,3 +203,43 @@ class Checkpointer:
             old.unlink(missing_ok=True)
             old.with_suffix(".msgpack").unlink(missing_ok=True)
         return base.with_suffix(".msgpack")
+
+
+# What a resumed run may change: how long it goes on and how it reports, never what it learns.
+RESUME_CHANGEABLE = {"total_steps": int, "eval_episodes": int, "progress_seconds": (int, float),
+                     "checkpoint_every": int, "checkpoint_keep": int, "devices": (int, type(None)),
+                     "xla_cpu_threads": (int, type(None))}
+
+
+def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
+    """The config to continue the run in directory `resume`: its saved config, plus command-line
+    `overrides` of the keys in RESUME_CHANGEABLE. Raises ConfigError for a directory that is not a
+    run or holds no intact checkpoint, and for an override of any other key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    run_dir = Path(resume)
+    saved = run_dir / ".hydra" / "config.yaml"
+    require(run_dir.is_dir(), "resume", resume, "the path of an existing run directory")
+    require(saved.exists(), "resume", resume,
+             "a jaxac run directory (one holding .hydra/config.yaml)")
+    checkpoint = find_checkpoint(run_dir)
+    require(checkpoint is not None, "resume", resume,
+             "a run directory holding an intact training checkpoint (checkpoint/state-*.json); "
+             "this one has none")
+    cfg = OmegaConf.load(saved)
+    changeable = ", ".join(RESUME_CHANGEABLE)
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        value = override.value()
+        require(key in RESUME_CHANGEABLE, key, value,
+                 f"left as saved when resuming (the run continues with its own config); only "
+                 f"{changeable} may change")
+        require(isinstance(value, RESUME_CHANGEABLE[key]) and not isinstance(value, bool), key,
+                 value, f"a value of type {RESUME_CHANGEABLE[key]}")
+        OmegaConf.update(cfg, key, value)
+    require(cfg.total_steps >= checkpoint.env_steps, "total_steps", cfg.total_steps,
+             f"at least the {checkpoint.env_steps:,} env steps of the checkpoint it resumes from")
+    cfg.resume = str(run_dir)
+    return cfg

@@ -27,14 +27,14 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac import a2c, a3c
+from jaxac import a2c, a3c, loop
 from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
-from jaxac.checkpoint import Checkpointer, find_checkpoint, network_from_config, save_policy
-from jaxac.config import (CONF_DIR, ConfigError, register_configs, resume_config, validate,
+from jaxac.checkpoint import (Checkpointer, find_checkpoint, network_from_config, resume_config,
+                              save_policy)
+from jaxac.config import (CONF_DIR, ConfigError, register_configs, validate,
                           validate_xla_cpu_threads)
-from jaxac.cpu_dispatch import (SMALL_A2C_BATCH, ThreadsAlreadyFixed, automatic_xla_cpu_threads,
-                                jax_started, use_cpu_devices, use_xla_cpu_threads)
+from jaxac import platform
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
 from jaxac.results import TrainResult
@@ -44,7 +44,7 @@ from jaxac.signals import StopRequest
 
 log = logging.getLogger("jaxac")
 
-TRAINERS = {"a2c": a2c.train, "a3c": a3c.train}
+TRAINERS = {"a2c": a2c.make_trainer, "a3c": a3c.make_trainer}
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_WORKER_FAILED = 1
@@ -65,7 +65,7 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
         cfg = resume_config(cfg.resume, overrides)
         run_dir = cfg.resume
         checkpoint = find_checkpoint(run_dir)
-    configure_xla_cpu_client(cfg)  # before anything starts JAX
+    set_up_platform(cfg)  # before anything starts JAX
     validate(cfg, len(jax.devices()))
     use_compilation_cache(cfg.compilation_cache_dir)
     run_dir = Path(run_dir)
@@ -90,9 +90,11 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
 
     checkpointer = Checkpointer(run_dir, int(cfg.checkpoint_every), int(cfg.checkpoint_keep),
                                 resume_from=checkpoint)
+    trainer = TRAINERS[cfg.algo.name](cfg, spec, network, devices)
     with MetricsWriter(run_dir) as writer, StopRequest() as stop:
-        result = TRAINERS[cfg.algo.name](cfg, spec, network, devices, writer, progress, stop,
-                                         checkpointer)
+        result = loop.train(trainer, writer, progress, stop, checkpointer, seed=int(cfg.seed),
+                            log_interval=int(cfg.log_interval),
+                            stop_when_solved=bool(cfg.stop_when_solved))
     if result.interrupted:
         log.warning(f"stopping on {stop.signal_name}: checkpoint written at env step "
                     f"{result.env_steps:,}; writing the evaluation and summary of what was "
@@ -125,24 +127,24 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
     return summary
 
 
-def configure_xla_cpu_client(cfg: DictConfig) -> None:
-    """Apply `xla_cpu_threads` and `devices` to XLA's CPU client before JAX starts (see
-    jaxac/cpu_dispatch.py); ConfigError if the thread count is invalid or JAX already runs in
-    this process with another one (a sweep job in a reused process)."""
+def set_up_platform(cfg: DictConfig) -> None:
+    """`jaxac.platform.set_up` with this run's `xla_cpu_threads` and `devices`, before JAX
+    starts; ConfigError if the thread count is invalid or JAX already runs in this process with
+    another one (a sweep job in a reused process)."""
     validate_xla_cpu_threads(cfg)
     devices = cfg.get("devices") if isinstance(cfg.get("devices"), int) else None
     threads = cfg.get("xla_cpu_threads")
-    if threads is None and not jax_started():  # a started JAX keeps its threads
-        threads = automatic_xla_cpu_threads(cfg.algo.name, int(cfg.workers), int(cfg.seeds),
-                                            devices)
+    if threads is None and not platform.jax_started():  # a started JAX keeps its threads
+        threads = platform.automatic_xla_cpu_threads(cfg.algo.name, int(cfg.workers),
+                                                     int(cfg.seeds), devices)
         if threads is not None:
             log.info(f"xla_cpu_threads: {threads} (automatic for an A2C batch of at most "
-                     f"{SMALL_A2C_BATCH} environments on one device; set it to override)")
+                     f"{platform.SMALL_A2C_BATCH} environments on one device; set it to "
+                     "override)")
     try:
-        use_xla_cpu_threads(threads)
-    except ThreadsAlreadyFixed as fixed:
+        platform.set_up(threads, devices)
+    except platform.ThreadsAlreadyFixed as fixed:
         raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
-    use_cpu_devices(devices)
 
 
 def use_compilation_cache(directory: str | None) -> None:

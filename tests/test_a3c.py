@@ -9,7 +9,7 @@ import pytest
 from jaxac import a3c, core
 from jaxac.analysis import read_metrics
 from jaxac.checkpoint import network_from_config
-from jaxac.config import compose_config, loss_config
+from jaxac.config import compose_config
 from jaxac.envs import make_env
 from jaxac.run import execute
 
@@ -17,7 +17,7 @@ from jaxac.run import execute
 def make_trainer(overrides, keep_history=False):
     cfg = compose_config(["algo=a3c"] + overrides)
     spec = make_env(cfg.env.name)
-    trainer = a3c.build_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices(),
+    trainer = a3c.make_trainer(cfg, spec, network_from_config(cfg, spec), jax.devices(),
                                 keep_history=keep_history)
     return cfg, trainer
 
@@ -106,7 +106,7 @@ def test_one_locked_worker_matches_a_sequential_reference_built_from_core():
 
     stats = init_obs_stats(learner.spec.obs_shape)
     envs = learner.init_envs(keys[0])
-    loss = loss_config(cfg)
+    loss = core.LossConfig.from_config(cfg)
 
     @jax.jit
     def step(flat, opt_state, stats, envs):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import probe_envs
-from jaxac.a2c import build_trainer
+from jaxac.a2c import build_learner
 from jaxac.config import compose_config
 from jaxac.envs import spec_from_env
 from jaxac.networks import make_network
@@ -21,7 +21,7 @@ def train_probe(env, updates, overrides=()):
     cfg = compose_config(PROBE_OVERRIDES + list(overrides))
     spec = spec_from_env(type(env).__name__, env, env.default_params)
     network = make_network(spec)
-    trainer = build_trainer(cfg, spec, network, jax.devices())
+    trainer = build_learner(cfg, spec, network, jax.devices())
     state, _ = trainer.run_updates(trainer.init_state(0), updates)
     params = jax.tree.map(lambda x: x[0], state.params)
     return lambda obs: network.apply(params, jnp.asarray([[obs]], jnp.float32))

@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 import probe_envs
 from cli import run_jaxac, start_jaxac, wait_for_metric_lines
-from jaxac import a2c
+from jaxac import a2c, loop
 from jaxac.analysis import read_metrics
 from jaxac.checkpoint import Checkpointer, find_checkpoint, load_checkpoint, load_policy
 from jaxac.config import compose_config
@@ -188,8 +188,9 @@ def test_guard_names_the_update_and_keeps_the_last_good_checkpoint(tmp_path):
                           "log_interval=400", "algo.entropy_coef=0.0"])
     checkpointer = Checkpointer(tmp_path, every=1000, keep=2)
     with MetricsWriter(tmp_path) as writer:
-        result = a2c.train(cfg, spec, make_network(spec), jax.devices(), writer,
-                           Progress("probe", 100000, 1e9), StopRequest(), checkpointer)
+        result = loop.train(a2c.make_trainer(cfg, spec, make_network(spec), jax.devices()),
+                            writer, Progress("probe", 100000, 1e9), StopRequest(), checkpointer,
+                            seed=0, log_interval=400, stop_when_solved=False)
     assert result.diverged.update == 241
     assert result.diverged.metric == "policy_loss"  # the first of the guarded metrics to go
     # checkpoints come at log points (every 400 env steps) past multiples of 1000: the last good
@@ -197,7 +198,7 @@ def test_guard_names_the_update_and_keeps_the_last_good_checkpoint(tmp_path):
     assert result.diverged.last_checkpoint_env_steps == 4000
     kept = find_checkpoint(tmp_path)
     assert kept.env_steps == 4000
-    target = jax.device_get(a2c.build_trainer(cfg, spec, make_network(spec),
+    target = jax.device_get(a2c.build_learner(cfg, spec, make_network(spec),
                                               jax.devices()).init_state(0))
     restored = load_checkpoint(kept, target)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
