@@ -14,12 +14,26 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from dataclasses import dataclass, field
 
-from jaxac.cpu_dispatch import automatic_xla_cpu_threads
+from jaxac.bench.solve import SolvePhase, SolveResult, SolveRun, summarize
+from jaxac.bench.timing import Spread, spread
+from jaxac.platform import automatic_xla_cpu_threads
 
 THRESHOLD = 475.0
 MAX_STEPS = 2_000_000  # per time-to-solve run
+
+
+@dataclass
+class SB3Result:
+    """SB3's A2C throughput and time to solve, with the versions it ran."""
+
+    version: str
+    torch: str
+    steps_per_second: Spread
+    solve: SolvePhase
+    max_steps: int = MAX_STEPS
+    ratios: dict[str, float] = field(default_factory=dict)  # jaxac over SB3 (see `ratios`)
 
 
 def check_installed() -> None:
@@ -63,7 +77,7 @@ def steps_per_second(repeats: int, seconds: float) -> list[float]:
     return rates
 
 
-def time_to_solve(seed: int) -> dict[str, Any]:
+def time_to_solve(seed: int) -> SolveRun:
     """Wall seconds (model construction included) and env steps until solved, or None."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -82,48 +96,39 @@ def time_to_solve(seed: int) -> dict[str, Any]:
     model = make_model(seed)
     callback = StopWhenSolved()
     model.learn(MAX_STEPS, callback=callback)
-    return {"seed": seed, "env_steps": callback.solved_at,
-            "train_seconds": time.perf_counter() - start if callback.solved_at else None}
+    seconds = time.perf_counter() - start
+    return SolveRun(seed, callback.solved_at, seconds if callback.solved_at else None, 0.0,
+                    seconds)
 
 
-def measure(repeats: int, seeds: int, seconds: float) -> dict[str, Any]:
+def measure(repeats: int, seeds: int, seconds: float) -> SB3Result:
     """Throughput and time to solve of SB3's A2C (median over seeds)."""
     import stable_baselines3
     import torch
 
-    from jaxac.bench import spread
-
     torch.set_num_threads(torch.get_num_threads())
-    result: dict[str, Any] = {"version": stable_baselines3.__version__,
-                              "torch": torch.__version__,
-                              "steps_per_second": spread(steps_per_second(repeats, seconds))}
-    runs = [time_to_solve(seed) for seed in range(seeds)]
-    solved = [r for r in runs if r["env_steps"] is not None]
-    result.update({"runs": runs, "solved": f"{len(solved)}/{len(runs)}",
-                   "max_steps": MAX_STEPS})
-    if solved:
-        result["env_steps"] = spread([r["env_steps"] for r in solved])
-        result["train_seconds"] = spread([r["train_seconds"] for r in solved])
-    return result
+    return SB3Result(stable_baselines3.__version__, torch.__version__,
+                     spread(steps_per_second(repeats, seconds)),
+                     summarize([time_to_solve(seed) for seed in range(seeds)]))
 
 
-def ratios(results: dict[str, Any]) -> dict[str, float]:
+def ratios(sb3: SB3Result, a2c_rows: list, one_core_rows: list,
+           solve: list[SolveResult]) -> dict[str, float]:
     """jaxac over SB3: steps/s at workers=8 (measured as `python -m jaxac.run workers=8` runs:
     on one XLA thread where jaxac picks one, `automatic_xla_cpu_threads`), and SB3's wall time to
     solve over jaxac's (warm)."""
     out = {}
-    sb3 = results["sb3"]
-    eight = [r for r in results.get("a2c", []) if r["workers"] == 8 and r["env"] == "CartPole-v1"]
+    eight = [r for r in a2c_rows if r.workers == 8 and r.env == "CartPole-v1"]
     setting = "XLA's default threads"
-    one_thread = [r for r in results.get("a2c_one_core", []) if r["workers"] == 8]
+    one_thread = [r for r in one_core_rows if r.workers == 8]
     if automatic_xla_cpu_threads("a2c", 8, 1, None) == 1 and one_thread:
         eight, setting = one_thread, "1 XLA thread"  # what `python -m jaxac.run` picks there
     if eight:
         out[f"A2C steps/s at workers=8 ({setting}, as python -m jaxac.run runs it), "
-            "jaxac / SB3"] = (
-            eight[0]["train_steps_per_second"]["median"] / sb3["steps_per_second"]["median"])
-    a2c_solve = [r for r in results.get("solve", []) if r["algo"] == "a2c"]
-    if a2c_solve and "warm_train_seconds" in a2c_solve[0] and "train_seconds" in sb3:
+            "jaxac / SB3"] = (eight[0].train_steps_per_second.median
+                              / sb3.steps_per_second.median)
+    a2c_solve = [r for r in solve if r.algo == "a2c"]
+    if a2c_solve and a2c_solve[0].warm.train_seconds and sb3.solve.train_seconds:
         out["wall time to solve, SB3 / jaxac A2C (warm cache)"] = (
-            sb3["train_seconds"]["median"] / a2c_solve[0]["warm_train_seconds"]["median"])
+            sb3.solve.train_seconds.median / a2c_solve[0].warm.train_seconds.median)
     return out

@@ -1,0 +1,86 @@
+"""The bench's A2C sections at a tiny size: what they measure and the arithmetic of their figures
+(not how fast)."""
+
+import os
+
+import pytest
+
+from jaxac.bench import a2c, roofline
+
+
+def same(a: float, b: float, tolerance: float = 1e-9) -> bool:
+    """a and b agree to a relative `tolerance` (the bench's derived figures, recomputed)."""
+    return abs(a / b - 1) < tolerance
+
+
+@pytest.fixture(scope="module")
+def rows():
+    matmul_rate = roofline.matmul_timer(256)
+    return [a2c.throughput(env, 8, 2, 0.05, matmul_rate) for env in ("cartpole", "breakout")]
+
+
+def test_a2c_rows_against_the_flop_bound_limit(rows):
+    assert [(r.env, r.workers) for r in rows] == [("CartPole-v1", 8), ("Breakout-MinAtar", 8)]
+    for row in rows:
+        assert row.train_steps_per_second.n == 2
+        assert row.matmul_flops_per_second.n == 2  # measured between the training repeats
+        limit = row.matmul_flops_per_second.median / row.flops.total_per_step
+        assert same(row.flop_bound_steps_per_second, limit)
+        assert row.train_steps_per_second.min <= row.train_steps_per_second.median
+        assert row.compile_seconds > 0
+        # a training step costs more FLOPs than acting
+        assert row.flops.loss_and_grad_per_step > row.flops.forward_per_step > 0
+        assert 0 < row.fraction_of_flop_bound
+        assert same(row.fraction_of_flop_bound * limit, row.train_steps_per_second.median)
+        # the network passes alone are the same work as the counted training step
+        assert same(row.flops.network_passes_per_step, row.flops.total_per_step, tolerance=0.05)
+        assert row.network_pass_steps_per_second.n == 2
+        passes_limit = row.network_pass_steps_per_second.median / limit
+        assert same(row.network_pass_fraction_of_flop_bound, passes_limit)
+    cartpole, breakout = rows
+    assert breakout.flops.total_per_step > 10 * cartpole.flops.total_per_step  # the conv torso
+
+
+@pytest.mark.slow
+def test_one_core_rows_in_a_child_with_one_thread(rows):
+    cartpole = rows[0]
+    [one] = a2c.one_core(rows, 2, 0.05)  # the CartPole rows only, rerun with one XLA thread
+    assert one.workers == 8 and one.xla_cpu_threads == 1
+    assert one.train_steps_per_second.n == 2
+    limit = one.matmul_flops_per_second.median / cartpole.flops.total_per_step
+    training = one.train_steps_per_second.median
+    assert same(one.fraction_of_one_core_flop_bound * limit, training)
+    assert same(one.all_cores_speedup * training, cartpole.train_steps_per_second.median)
+    cores = os.cpu_count()
+    assert same(one.most_with_linear_scaling * cartpole.matmul_flops_per_second.median,
+                one.fraction_of_one_core_flop_bound * cores * one.matmul_flops_per_second.median)
+    passes = one.network_pass_steps_per_second.median
+    assert same(one.network_pass_fraction_of_one_core_flop_bound * limit, passes)
+    assert same(one.network_pass_all_cores_speedup * passes,
+                cartpole.network_pass_steps_per_second.median)
+
+
+def fraction_and_ratio_agree(cartpole, row, rate: float, ratio: float) -> bool:
+    """A CartPole row's FLOP-bound fraction and its ratio to the A2C row, recomputed."""
+    limit = row.matmul_flops_per_second.median / cartpole.flops.total_per_step
+    return (same(row.fraction_of_flop_bound * limit, rate)
+            and same(ratio * cartpole.train_steps_per_second.median, rate))
+
+
+@pytest.mark.slow
+def test_the_batch_split_over_cpu_devices_and_the_split_ceiling(rows):
+    cartpole, cores = rows[0], os.cpu_count()
+    devices = a2c.on_cpu_devices(rows, 2, 0.05)  # in a child with one CPU device per core
+    assert len(devices) == (1 if cores > 1 and 8 % cores == 0 else 0)
+    for split in devices:
+        assert split.workers == 8 and split.devices == cores
+        assert split.train_steps_per_second.n == split.matmul_flops_per_second.n == 2
+        assert fraction_and_ratio_agree(cartpole, split, split.train_steps_per_second.median,
+                                        split.over_one_device)
+    ceiling = a2c.split_ceiling(rows, 2, 0.05, roofline.matmul_timer(256))
+    assert len(ceiling) == (1 if cores > 1 and 8 % cores == 0 else 0)
+    for split in ceiling:
+        assert split.workers == 8 and split.parts == cores
+        assert split.steps_per_second.n == 2 and split.cores_used.median > 0
+        assert fraction_and_ratio_agree(cartpole, split, split.steps_per_second.median,
+                                        split.over_training)
