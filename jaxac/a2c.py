@@ -1,10 +1,11 @@
 """Synchronous A2C: `workers` vmapped environments act in lockstep, one averaged update per rollout.
 
-The whole update loop between two log points is one jitted call: a `lax.fori_loop` over updates,
-each a `lax.scan` rollout plus a gradient step, `vmap`ped over independent seeds and split across
-devices with `jax.shard_map` (the environment batch is sharded; the gradients are averaged and
-the episode statistics gathered in one all-reduce per update, `combine_shards`). The host only
-touches the state once per logging interval.
+The whole update loop between two log points is one jitted call: a `lax.while_loop` over updates
+(stopping at the first non-finite one), each a `lax.scan` rollout plus a gradient step, `vmap`ped
+over independent seeds and split across devices with `jax.shard_map` (the environment batch is
+sharded; the gradients are averaged and the episode statistics gathered in one all-reduce per
+update, `combine_shards`). The host only touches the state once per logging interval, when
+`A2CTrainer` hands the shared driver (`jaxac.loop`) its metric rows.
 """
 
 from __future__ import annotations
@@ -102,10 +103,8 @@ def combine_shards(mean_tree: Any, gather_tree: Any) -> tuple[Any, Any]:
     (`mean_tree` averaged over the shards, `gather_tree` with every leaf stacked over the shards
     along a new leading axis, in device order, on every device).
 
-    XLA's CPU runtime executes an all-reduce of a tuple as one rendezvous of the devices per
-    element, each a thread hand-off: with the gradients, the loss metrics and the episode arrays
-    as separate arrays that was 18 per update, and 2 CPU devices trained 512 workers slower than
-    one. Gathering is a sum of each shard placed at its own position (exact: every position has
+    One vector because XLA's CPU runtime runs an all-reduce of a tuple as one rendezvous of the
+    devices per element (docs/performance.md). Gathering is a sum of each shard placed at its own position (exact: every position has
     one non-zero term), so that the result is the same on every device. Integers and booleans
     travel as float32, exact below 2**24.
     """

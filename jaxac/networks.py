@@ -40,8 +40,8 @@ class PatchConv(nn.Module):
     Same parameters ("kernel" `[kh, kw, C, features]`, "bias"), initialisation and result as
     `nn.Conv(features, kernel_size, padding="VALID")`, up to float rounding. Why not nn.Conv:
     under the trainer's `vmap` over seeds the kernel is batched, and XLA's CPU backend runs that
-    batched convolution's training gradient ~15x slower than the same FLOPs as dots (the MinAtar
-    torso's network passes at 512 workers: 8.4k vs 126k env steps/s).
+    batched convolution's training gradient far slower than the same FLOPs as dots
+    (docs/performance.md).
     """
 
     features: int
@@ -60,8 +60,8 @@ class PatchConv(nn.Module):
         n = images.shape[1]
         # Patch-major: [(channel, row, column) of the patch, every output position]. Built from
         # whole shifted image planes and multiplied as [features, K] @ [K, positions], it needs no
-        # transposed copy of the (large) patch matrix in either pass; channel-minor patches
-        # ([positions, K]) trained Breakout-MinAtar 1.1-1.9x slower.
+        # transposed copy of the (large) patch matrix in either pass (channel-minor patches,
+        # [positions, K], were slower).
         patches = jnp.stack([images[:, :, i:i + out_h, j:j + out_w]
                              for i in range(kh) for j in range(kw)], axis=1)
         patches = patches.reshape(channels * kh * kw, n * out_h * out_w)

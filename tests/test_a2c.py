@@ -27,6 +27,7 @@ def cartpole_run(tmp_path_factory):
     return run_dir, summary
 
 
+@pytest.mark.slow
 def test_default_config_solves_cartpole(cartpole_run):
     run_dir, summary = cartpole_run
     assert summary["solved"]["threshold"] == 475.0
@@ -38,6 +39,7 @@ def test_default_config_solves_cartpole(cartpole_run):
     assert summary["solved"]["env_steps"][0] <= summary["env_steps"]
 
 
+@pytest.mark.slow
 def test_run_directory_contents(cartpole_run):
     run_dir, summary = cartpole_run
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -55,6 +57,7 @@ def test_run_directory_contents(cartpole_run):
     assert (run_dir / "learning_curve.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_and_evaluates(cartpole_run, capsys):
     run_dir, summary = cartpole_run
     policy = load_policy(run_dir)
@@ -72,6 +75,7 @@ def _strip_timing(frame):
         "records")
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_different_seed_differs(tmp_path):
     overrides = ["total_steps=30000", "log_interval=5000", "eval_episodes=5", "seeds=2"]
     runs = []
@@ -87,6 +91,7 @@ def test_same_seed_same_metrics_and_different_seed_differs(tmp_path):
 
 @pytest.mark.parametrize("group,name", [("acrobot", "Acrobot-v1"), ("pendulum", "Pendulum-v1"),
                                         ("breakout", "Breakout-MinAtar")])
+@pytest.mark.slow
 def test_other_environments_train(tmp_path, group, name):
     overrides = [f"env={group}", "workers=16", "rollout_length=5", "total_steps=4000",
                  "log_interval=1000",
@@ -107,6 +112,7 @@ def test_continuous_actions_are_clipped_to_the_space():
     assert float(np.asarray(clipped).max()) == 2.0
 
 
+@pytest.mark.slow
 def test_several_seeds_of_a_gaussian_policy_through_the_cli(tmp_path):
     # Regression: vmapping the orthogonal initialiser over seeds (a batched CPU QR) deadlocked
     # on 2 cores. In a subprocess with a timeout, so a recurrence fails instead of hanging.

@@ -33,6 +33,7 @@ def replay(trainer):
     return np.asarray(state)
 
 
+@pytest.mark.slow
 def test_locked_many_workers_lose_nothing_and_equal_sequential_application():
     cfg, trainer = make_trainer(["workers=32", "total_steps=16000"], keep_history=True)
     trainer.run_to_completion()
@@ -58,6 +59,7 @@ def test_locked_staleness_lr_scales_each_update_by_its_own_staleness():
     np.testing.assert_array_equal(trainer.server.state, replay(trainer))
 
 
+@pytest.mark.slow
 def test_hogwild_applies_every_update_and_counts_interleaving():
     cfg, trainer = make_trainer(["workers=8", "total_steps=8000", "algo.update=hogwild"],
                                 keep_history=True)
@@ -73,6 +75,7 @@ def test_hogwild_applies_every_update_and_counts_interleaving():
     assert np.isfinite(trainer.server.state).all()
 
 
+@pytest.mark.slow
 def test_staleness_zero_with_one_worker_and_positive_with_many():
     _, one = make_trainer(["workers=1", "total_steps=1000"], keep_history=True)
     one.run_to_completion()
@@ -122,6 +125,7 @@ def test_one_locked_worker_matches_a_sequential_reference_built_from_core():
     np.testing.assert_allclose(trainer.server.params, flat, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch):
     original = a3c.SharedProgress.reserve_rollout  # every worker calls it before each rollout
     calls = {"n": 0}
@@ -146,6 +150,7 @@ def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch)
     assert len(metrics) >= 1 and metrics["env_steps"].max() < 50_000_000 // 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["locked", "hogwild"])
 def test_a3c_learns_cartpole(tmp_path, mode):
     # The preset's 500k-step budget; these runs solve near 80-210k. Training stops once the

@@ -1,5 +1,7 @@
 """The bench's A3C sections at a tiny size, measured through A3C's public entry points."""
 
+import pytest
+
 from jaxac.bench import a3c
 
 
@@ -14,6 +16,7 @@ def test_a3c_rows_by_worker_count():
         assert abs(row.updates_per_second.median * 5 / row.steps_per_second.median - 1) < 1e-9
 
 
+@pytest.mark.slow
 def test_a3c_ceiling_and_floor():
     row = a3c.compute_ceiling(2, 2, 0.05)
     assert row.workers == 2

@@ -100,6 +100,7 @@ def test_default_config_is_valid():
              available_devices=1)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_value_without_traceback(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "jaxac.run", "workers=0", f"hydra.run.dir={tmp_path}/run"],
@@ -111,6 +112,7 @@ def test_cli_reports_bad_value_without_traceback(tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_cli_shows_the_traceback_when_asked(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "jaxac.run", "workers=0", f"hydra.run.dir={tmp_path}/run"],
@@ -119,6 +121,7 @@ def test_cli_shows_the_traceback_when_asked(tmp_path):
     assert "Traceback" in out.stderr and "workers=0 is not allowed" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_reports_unknown_key(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "jaxac.run", "wrokers=4", f"hydra.run.dir={tmp_path}/run"],

@@ -10,6 +10,7 @@ from jaxac.analysis import read_metrics
 from jaxac.checkpoint import find_checkpoint, load_policy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,sig", [("a2c", signal.SIGINT), ("a3c", signal.SIGTERM)])
 def test_signal_stops_cleanly_and_keeps_everything(tmp_path, algo, sig):
     run = start_jaxac(f"algo={algo}", "workers=4", "total_steps=100000000", "log_interval=2000",
@@ -31,6 +32,7 @@ def test_signal_stops_cleanly_and_keeps_everything(tmp_path, algo, sig):
     assert checkpoint.meta["metrics_lines"] == len(metrics)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["a2c", "a3c"])
 def test_stop_when_solved_ends_training_early(tmp_path, algo):
     from jaxac.config import compose_config

@@ -25,6 +25,7 @@ def run_on_four_devices(overrides):
     ["workers=8", "env.normalize_obs=true", "seeds=2"],
     ["env=pendulum", "workers=8", "rollout_length=4"],
 ], ids=["cartpole-normalized-2seeds", "pendulum-gaussian"])
+@pytest.mark.slow
 def test_four_devices_match_one_device(overrides):
     result = run_on_four_devices(overrides)
     params_one, rows_one = result["one"]
@@ -41,6 +42,7 @@ def test_four_devices_match_one_device(overrides):
     assert rows_one[0]["policy_loss"] != rows_one[-1]["policy_loss"]
 
 
+@pytest.mark.slow
 def test_a3c_workers_are_placed_round_robin_on_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")

@@ -5,6 +5,7 @@ importing jaxac does none of it. Each case in a fresh process, since all are fix
 process, when JAX creates its CPU client."""
 
 import json
+import pytest
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def probe(*args, env_flag=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_set_up_runs_cpu_computations_inline():
     result = probe()
     assert result["dispatch"] == "inline"
@@ -43,10 +45,12 @@ def test_set_up_runs_cpu_computations_inline():
     assert not result["again"]  # the client exists now: a second call changes nothing
 
 
+@pytest.mark.slow
 def test_the_environment_keeps_asynchronous_dispatch():
     assert probe(env_flag="true")["dispatch"] == "async"
 
 
+@pytest.mark.slow
 def test_an_existing_backend_is_left_as_it_is():
     assert probe("--backend-first")["dispatch"] == "async"
 
@@ -69,6 +73,7 @@ def threads_probe(threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_xla_cpu_threads_sizes_the_pools():
     one, four = threads_probe(1), threads_probe(4)
     assert one["threads"] == 1 and four["threads"] == 4
@@ -91,6 +96,7 @@ def test_a_started_jax_keeps_its_thread_count():
     set_up_platform(compose_config([]))  # unset: nothing to apply, no error
 
 
+@pytest.mark.slow
 def test_a_run_records_its_thread_count(tmp_path):
     from cli import run_jaxac
 
@@ -124,6 +130,7 @@ def xla_probe(devices: int, xla_flags: str, dump_dir) -> tuple[dict, str]:
     return json.loads(out.stdout.strip().splitlines()[-1]), (width or ["default"])[0]
 
 
+@pytest.mark.slow
 def test_devices_makes_that_many_cpu_devices_unless_xla_flags_chose(tmp_path):
     assert xla_probe(2, "", tmp_path / "a")[0]["devices"] == 2
     assert xla_probe(1, "", tmp_path / "b")[0]["devices"] == 1
@@ -131,6 +138,7 @@ def test_devices_makes_that_many_cpu_devices_unless_xla_flags_chose(tmp_path):
     assert xla_probe(2, chosen, tmp_path / "c")[0]["devices"] == 3
 
 
+@pytest.mark.slow
 def test_wide_vectors_where_the_processor_runs_them_at_full_clock(tmp_path):
     from jaxac.platform import cpu_has_wide_vectors_at_full_clock
 
@@ -155,6 +163,7 @@ def test_which_processors_get_wide_vectors():
     assert not wide_vectors_at_full_clock("")
 
 
+@pytest.mark.slow
 def test_a_run_with_devices_2_splits_over_two_cpu_devices(tmp_path):
     from cli import run_jaxac
 
@@ -185,6 +194,7 @@ def test_small_a2c_batches_on_one_device_get_one_thread(monkeypatch):
     assert automatic_xla_cpu_threads("a2c", 8, 1, None) is None  # the environment decided
 
 
+@pytest.mark.slow
 def test_a_default_run_gets_one_thread_and_a_large_batch_all(tmp_path):
     from cli import run_jaxac
 

@@ -1,6 +1,7 @@
 """The unrolled threefry lowering on the CPU: one fused kernel, the same random bits."""
 
 import inspect
+import pytest
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def test_random_draws_compile_without_a_loop():
     assert " while(" not in compiled
 
 
+@pytest.mark.slow
 def test_unrolled_draws_give_the_same_bits_as_jax_default():
     # JAX's default (rolled) lowering, in a process that never imports jaxac.
     script = "\n".join(["import json, jax, numpy as np", inspect.getsource(draws),

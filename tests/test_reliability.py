@@ -41,6 +41,7 @@ A2C_RUN = ["total_steps=1000000", "log_interval=4000", "checkpoint_every=20000",
            "eval_episodes=5"]
 
 
+@pytest.mark.slow
 def test_a2c_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     done = run_jaxac(*A2C_RUN, f"hydra.run.dir={full}")
@@ -65,6 +66,7 @@ def test_a2c_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     assert summary["final_eval"] == json.loads((full / "summary.json").read_text())["final_eval"]
 
 
+@pytest.mark.slow
 def test_a3c_resumes_after_sigint_from_the_checkpoint_state_and_keeps_learning(tmp_path):
     overrides = ["algo=a3c", "workers=4", "total_steps=60000", "log_interval=5000",
                  "checkpoint_every=10000", "eval_episodes=5"]
@@ -106,6 +108,7 @@ def test_a3c_resumes_after_sigint_from_the_checkpoint_state_and_keeps_learning(t
     assert after["return_last100"].median() > 2 * 22
 
 
+@pytest.mark.slow
 def test_sigkill_keeps_every_logged_line_and_resume_fills_in_exactly(tmp_path):
     run = start_jaxac("total_steps=100000000", "log_interval=2000", "checkpoint_every=10000",
                       f"hydra.run.dir={tmp_path}")
@@ -131,6 +134,7 @@ def test_sigkill_keeps_every_logged_line_and_resume_fills_in_exactly(tmp_path):
     assert aside[-1] == '{"env_steps": 99' and len(aside) >= 1
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
     base = ["total_steps=40000", "log_interval=4000", "checkpoint_every=10000",
             "checkpoint_keep=3", "eval_episodes=0"]
@@ -151,6 +155,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
     assert newest.with_name(newest.name + ".unusable").exists()  # kept aside, not loaded
 
 
+@pytest.mark.slow
 def test_incomplete_checkpoint_is_skipped(tmp_path):
     execute(compose_config(["total_steps=8000", "log_interval=4000", "checkpoint_every=4000",
                             "eval_episodes=0"]), tmp_path)
@@ -162,6 +167,7 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
 
 # ----- divergence guard -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_absurd_learning_rate_trips_the_guard(tmp_path):
     out = run_jaxac("algo.lr=1e38", "total_steps=100000", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 3, out.stderr[-3000:]
@@ -173,6 +179,7 @@ def test_absurd_learning_rate_trips_the_guard(tmp_path):
     assert not (tmp_path / "checkpoint" / "policy.msgpack").exists()
 
 
+@pytest.mark.slow
 def test_a3c_guard_refuses_the_non_finite_update(tmp_path):
     summary = execute(compose_config(["algo=a3c", "workers=2", "algo.lr=1e38",
                                       "total_steps=10000", "eval_episodes=0"]), tmp_path)
@@ -211,6 +218,7 @@ def test_guard_names_the_update_and_keeps_the_last_good_checkpoint(tmp_path):
     (["algo=a3c", "workers=64", "total_steps=20000", "log_interval=2000"], 4000),
     (["workers=16384", "total_steps=2457600", "log_interval=245760"], 30),
 ], ids=["a3c-64-workers", "a2c-16384-envs"])
+@pytest.mark.slow
 def test_load_completes_with_bounded_memory(tmp_path, overrides, updates):
     out = run_jaxac(*overrides, "eval_episodes=0", f"hydra.run.dir={tmp_path}", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -33,6 +33,7 @@ def preset_sweep(tmp_path_factory):
     return sweep_dir, out
 
 
+@pytest.mark.slow
 def test_preset_sweep_runs_every_combination_and_survives_failures(preset_sweep):
     sweep_dir, out = preset_sweep
     assert out.returncode == 1, out.stderr[-3000:]  # something failed, and the exit status says so
@@ -52,6 +53,7 @@ def test_preset_sweep_runs_every_combination_and_survives_failures(preset_sweep)
             assert summary["env_steps"] > 0 and summary["config"]["total_steps"] == 3000
 
 
+@pytest.mark.slow
 def test_results_load_into_tidy_frames(preset_sweep):
     sweep_dir, _ = preset_sweep
     results = load_results(sweep_dir)
@@ -75,6 +77,7 @@ def test_results_load_into_tidy_frames(preset_sweep):
     assert len(table) == 8
 
 
+@pytest.mark.slow
 def test_plots_draw_and_save(preset_sweep, tmp_path):
     results = load_results(preset_sweep[0])
     runs = results.runs
@@ -105,6 +108,7 @@ def test_mean_and_band_start_when_every_curve_has_and_hold_finished_ones():
     np.testing.assert_allclose(high[2] - mean[2], 1.96 * np.std([5, 7], ddof=1) / np.sqrt(2))
 
 
+@pytest.mark.slow
 def test_notebook_runs_end_to_end_on_the_sweep(preset_sweep):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
@@ -125,6 +129,7 @@ def test_notebook_runs_end_to_end_on_the_sweep(preset_sweep):
     assert ": 8 runs" in "".join(o.get("text", "") for o in outputs)
 
 
+@pytest.mark.slow
 def test_basic_launcher_runs_the_jobs_after_a_failed_one(tmp_path):
     out = sweep("workers=0,2", "total_steps=2000", "eval_episodes=0", f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 1
@@ -135,6 +140,7 @@ def test_basic_launcher_runs_the_jobs_after_a_failed_one(tmp_path):
     assert json.loads((completed / "summary.json").read_text())["env_steps"] == 2000
 
 
+@pytest.mark.slow
 def test_slurm_launcher_job_script_requests_the_configured_resources(tmp_path):
     script = tmp_path / "sbatch.sh"
     out = subprocess.run(
@@ -180,6 +186,7 @@ def test_read_metrics_tolerates_only_a_partial_last_line(tmp_path):
         read_metrics(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_killed_run_loads_with_its_status(tmp_path):
     from jaxac.config import compose_config
     from jaxac.run import execute
