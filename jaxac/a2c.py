@@ -331,8 +331,7 @@ class A2CTrainer:
     def restore(self, checkpoint: CheckpointInfo) -> None:
         self.state = self.learner.place(load_checkpoint(checkpoint,
                                                         jax.device_get(self.state)))
-        meta = checkpoint.meta.get("trainer", checkpoint.meta)  # older checkpoints: top level
-        self.updates_done = int(meta["updates_done"])
+        self.updates_done = int(checkpoint.meta["updates_done"])
 
     def compile(self) -> float:
         return self.learner.compile(self.state)

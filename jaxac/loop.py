@@ -23,7 +23,8 @@ class Trainer(Protocol):
     seeds: int
 
     def restore(self, checkpoint: CheckpointInfo) -> None:
-        """Continue from a training checkpoint (its payload and its `meta["trainer"]`)."""
+        """Continue from a training checkpoint (its payload, and its metadata: the driver's
+        fields and those the trainer's `checkpoint` gave)."""
 
     def compile(self) -> float:
         """Compile what training calls; returns the seconds it took."""
@@ -50,7 +51,7 @@ class Trainer(Protocol):
         """Hold training at a consistent point; yields whether it is (for a checkpoint)."""
 
     def checkpoint(self) -> tuple[Any, dict]:
-        """(the state to save, the trainer's metadata), taken while paused or stopped."""
+        """(the state to save, the trainer's metadata fields), taken while paused or stopped."""
 
     def divergence(self) -> Divergence | None:
         """Where training went non-finite, if it did."""
@@ -135,7 +136,7 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
     def save() -> None:
         tree, meta = trainer.checkpoint()
         checkpointer.save(tree, {"env_steps": trainer.env_steps, "metrics_lines": writer.lines,
-                                 **clock.state(), "trainer": meta})
+                                 **clock.state(), **meta})
 
     divergence = None
     trainer.start()

@@ -127,7 +127,7 @@ def test_one_locked_worker_matches_a_sequential_reference_built_from_core():
 
 @pytest.mark.slow
 def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch):
-    original = a3c.SharedProgress.reserve_rollout  # every worker calls it before each rollout
+    original = a3c.SharedCounters.reserve_rollout  # every worker calls it before each rollout
     calls = {"n": 0}
 
     def failing(self, *args):
@@ -139,7 +139,7 @@ def test_worker_exception_ends_the_run_with_its_traceback(tmp_path, monkeypatch)
                 raise ValueError("injected failure in worker 3")
         return original(self, *args)
 
-    monkeypatch.setattr(a3c.SharedProgress, "reserve_rollout", failing)
+    monkeypatch.setattr(a3c.SharedCounters, "reserve_rollout", failing)
     cfg = compose_config(["algo=a3c", "workers=8", "total_steps=50000000", "log_interval=500"])
     with pytest.raises(a3c.WorkerFailed) as info:
         execute(cfg, tmp_path)

@@ -33,11 +33,11 @@ from jaxac.a3c.servers import (MAX_BATCH, HogwildServer, LockedServer, NonFinite
                                ParameterServer, Snapshot, UpdateRecord, batch_sizes)
 from jaxac.a3c.trainer import (A3CTrainer, entropy_coefficients, make_trainer,
                                staleness_histogram, worker_keys)
-from jaxac.a3c.workers import SharedProgress, ThreadLifetime, WorkerFailed
+from jaxac.a3c.workers import SharedCounters, ThreadLifetime, WorkerFailed
 
 __all__ = [
     "A3CLearner", "A3CTrainer", "FlatLayout", "HogwildServer", "LockedServer", "MAX_BATCH",
-    "NonFiniteUpdate", "ParameterServer", "Report", "Segments", "SharedProgress", "Snapshot",
+    "NonFiniteUpdate", "ParameterServer", "Report", "Segments", "SharedCounters", "Snapshot",
     "ThreadLifetime", "UpdateCalls", "UpdateRecord", "WorkerFailed", "batch_sizes",
     "entropy_coefficients", "make_trainer", "staleness_histogram", "worker_keys",
 ]

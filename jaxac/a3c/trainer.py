@@ -14,7 +14,7 @@ import numpy as np
 from jaxac import core
 from jaxac.a3c.learner import A3CLearner
 from jaxac.a3c.servers import SERVERS, NonFiniteUpdate, ParameterServer
-from jaxac.a3c.workers import SharedProgress, ThreadLifetime
+from jaxac.a3c.workers import SharedCounters, ThreadLifetime
 from jaxac.checkpoint import CheckpointInfo, load_checkpoint
 from jaxac.envs import EnvSpec, solve_threshold
 from jaxac.episodes import WINDOW
@@ -66,10 +66,10 @@ class A3CTrainer:
 
     seeds = 1  # A3C trains one agent per run (several seeds are a sweep)
 
-    def __init__(self, learner: A3CLearner, server: ParameterServer, progress: SharedProgress,
+    def __init__(self, learner: A3CLearner, server: ParameterServer, counters: SharedCounters,
                  worker_keys_: jax.Array, entropy_coefs: list[float], devices: list[Any],
                  solve_threshold: float | None, stop_when_solved: bool = False):
-        self.learner, self.server, self.progress = learner, server, progress
+        self.learner, self.server, self.counters = learner, server, counters
         self.keys, self.entropy_coefs, self.devices = worker_keys_, entropy_coefs, devices
         self.threshold, self.stop_when_solved = solve_threshold, stop_when_solved
         workers = len(entropy_coefs)
@@ -102,7 +102,7 @@ class A3CTrainer:
             self.lifetime.end(diverged)
 
     def _work(self, i: int) -> None:
-        learner, server, shared = self.learner, self.server, self.progress
+        learner, server, shared = self.learner, self.server, self.counters
         env_vector = self.worker_envs[i] = self.initial_env_vector(i)
         entropy_coef = jnp.float32(self.entropy_coefs[i])
         device = self.device_of(i)
@@ -123,7 +123,7 @@ class A3CTrainer:
                     self._record_episodes(report.episodes)
 
     def _record_episodes(self, episodes: list[tuple[float, int]]) -> None:
-        shared = self.progress
+        shared = self.counters
         for episode in episodes:
             shared.recent.append(episode[0])
             shared.interval_episodes.append(episode)
@@ -152,11 +152,11 @@ class A3CTrainer:
         target = {"state": self.server.state.copy(),
                   "envs": jax.device_get(jax.vmap(self.learner.init_envs)(self.keys))}
         restored = load_checkpoint(checkpoint, target)
-        meta = checkpoint.meta.get("trainer", checkpoint.meta)  # older checkpoints: top level
+        meta = checkpoint.meta
         self.server.restore(restored["state"], int(meta["version"]))
-        solved = checkpoint.meta["solved_env_steps"]
-        solved = solved[0] if isinstance(solved, list) else solved
-        self.progress.restore(meta["worker_env_steps"], meta["recent_returns"], solved)
+        solved = meta["solved_env_steps"]
+        solved = solved[0] if isinstance(solved, list) else solved  # one seed; older: a number
+        self.counters.restore(meta["worker_env_steps"], meta["recent_returns"], solved)
         self.initial_envs = [jax.tree.map(lambda x, i=i: x[i], restored["envs"])
                              for i in range(len(self.threads))]
         self.totals = dict(meta["totals"])
@@ -177,23 +177,23 @@ class A3CTrainer:
     def advance(self, env_steps: int, stop: StopRequest) -> None:
         """Watch the workers until they reach `env_steps`, end, or `stop` is requested."""
         lifetime = self.lifetime
-        while self.progress.env_steps < env_steps and lifetime.running:
+        while self.counters.env_steps < env_steps and lifetime.running:
             if lifetime.stop_event.wait(timeout=POLL_SECONDS) or stop.requested:
                 return
 
     @property
     def env_steps(self) -> int:
-        return self.progress.env_steps
+        return self.counters.env_steps
 
     @property
     def finished(self) -> bool:
         lifetime = self.lifetime
-        return (self.progress.budget_used or bool(lifetime.failures)
+        return (self.counters.budget_used or bool(lifetime.failures)
                 or lifetime.ended_by is not None
-                or (self.stop_when_solved and self.progress.solved_env_steps is not None))
+                or (self.stop_when_solved and self.counters.solved_env_steps is not None))
 
     def log_rows(self) -> list[MetricRow]:
-        shared, server = self.progress, self.server
+        shared, server = self.counters, self.server
         steps, records = shared.env_steps, server.drain_records()
         if steps == self._last["steps"] and not records:
             return []
@@ -233,7 +233,7 @@ class A3CTrainer:
 
     def checkpoint(self) -> tuple[Any, dict]:
         """Call with the workers paused or joined."""
-        shared = self.progress
+        shared = self.counters
         return ({"state": self.server.state, "envs": self.all_worker_envs()},
                 {"version": self.server.version, "worker_env_steps": list(shared.worker_steps),
                  "recent_returns": list(shared.recent), "totals": dict(self.totals)})
@@ -242,7 +242,7 @@ class A3CTrainer:
         diverged = self.lifetime.ended_by
         if not isinstance(diverged, NonFiniteUpdate):
             return None
-        return Divergence(diverged.update, self.progress.env_steps,
+        return Divergence(diverged.update, self.counters.env_steps,
                           first_nonfinite(diverged.flags), 0)
 
     def stop(self) -> None:
@@ -262,7 +262,7 @@ class A3CTrainer:
                 "version": self.server.version, "interleaved_updates": totals["interleaved"],
                 "staleness_mean": totals["staleness"] / max(totals["updates"], 1),
                 "entropy_coef_per_worker": self.entropy_coefs,
-                "worker_env_steps": list(self.progress.worker_steps),
+                "worker_env_steps": list(self.counters.worker_steps),
                 "worker_devices": [str(self.device_of(i)) for i in range(len(self.threads))]}
 
 
@@ -288,7 +288,7 @@ def make_trainer(cfg, spec: EnvSpec, network, devices: list[Any],
                                           staleness_lr=bool(algo.staleness_lr),
                                           keep_history=keep_history, device=devices[0],
                                           workers=workers)
-    shared = SharedProgress(total_rollouts, steps_per_rollout, workers)
+    shared = SharedCounters(total_rollouts, steps_per_rollout, workers)
     entropy = algo.entropy_coef
     entropy = OmegaConf.to_container(entropy) if OmegaConf.is_config(entropy) else entropy
     return A3CTrainer(learner, server, shared, keys, entropy_coefficients(entropy, workers,

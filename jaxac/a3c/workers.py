@@ -1,5 +1,5 @@
-"""The lifetime of A3C's worker threads (start, pause, stop, join, failures), and the progress
-counters they share. Nothing here knows what a worker computes."""
+"""The lifetime of A3C's worker threads (start, pause, stop, join, failures), and the counters
+they share. Nothing here knows what a worker computes."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ class WorkerFailed(RuntimeError):
 
 
 class ThreadLifetime:
-    """`count` daemon threads running `body(i, lifetime)`; a body loops `while lifetime.running_
-    turn(i)` and so ends, parks or goes on between two of its updates.
+    """`count` daemon threads, thread i running `body(i)`; a body loops `while lifetime.go_on()`,
+    so that between two of its updates it parks (for a pause) or ends (for a stop).
 
-    The first exception of any thread stops all of them and is kept as `failures` (with its
-    traceback); `ended_by` holds exceptions a body chose to end the run with (`end`).
+    An exception that escapes a body stops every thread and is kept in `failures`, with its
+    traceback; `ended_by` is the first reason a body ended the run with `end` (a divergence).
     """
 
     def __init__(self, count: int, body: Callable[[int], None], name: str = "a3c-worker"):
@@ -102,8 +102,9 @@ class ThreadLifetime:
         return any(t.is_alive() for t in self.threads)
 
 
-class SharedProgress:
-    """Counters and the recent-episodes window shared by the workers and the trainer."""
+class SharedCounters:
+    """The step budget, per-worker step counts and the recent-episodes window, shared by the
+    workers and the trainer."""
 
     def __init__(self, total_rollouts: int, steps_per_rollout: int, workers: int):
         self.total_rollouts, self.steps_per_rollout = total_rollouts, steps_per_rollout

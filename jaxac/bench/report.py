@@ -50,6 +50,17 @@ def _fmt_spread(s: Spread, digits: int = 0) -> str:
     return f"{s.median:,.{digits}f} [{s.min:,.{digits}f}-{s.max:,.{digits}f}]"
 
 
+def _split_table(rate_title: str, ratio_title: str, rows: list) -> list[str]:
+    """The header and rows of a table of A2C splits: (row, its env steps/s, its ratio) each."""
+    lines = [f"{'workers':>7}  {rate_title:<32}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
+             f"{'FLOP-bound fraction':>21}{ratio_title:>12}"]
+    for r, rate, ratio in rows:
+        lines.append(f"{r.workers:>7}  {_fmt_spread(rate):<32}{r.cores_used.median:>10.2f}"
+                     f"{r.matmul_flops_per_second.median / 1e9:>16,.1f}"
+                     f"{r.fraction_of_flop_bound:>21.1%}{ratio:>11.2f}x")
+    return lines
+
+
 def report(results: BenchResults) -> str:
     """The human-readable table."""
     cores = results.cpu_cores or os.cpu_count() or 1  # of the measuring machine
@@ -101,24 +112,14 @@ def report(results: BenchResults) -> str:
     if results.a2c_devices:
         lines += ["", f"A2C on {cores} CPU devices: the CartPole-v1 rows with the batch split over "
                       f"one CPU device per core (devices={cores}, a child process), one "
-                      f"all-reduce per update",
-                  f"{'workers':>7}  {'train steps/s':<32}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
-                  f"{'FLOP-bound fraction':>21}{'/ 1 device':>12}"]
-        for r in results.a2c_devices:
-            lines.append(f"{r.workers:>7}  {_fmt_spread(r.train_steps_per_second):<32}"
-                         f"{r.cores_used.median:>10.2f}"
-                         f"{r.matmul_flops_per_second.median / 1e9:>16,.1f}"
-                         f"{r.fraction_of_flop_bound:>21.1%}{r.over_one_device:>11.2f}x")
+                      f"all-reduce per update"]
+        lines += _split_table("train steps/s", "/ 1 device", [
+            (r, r.train_steps_per_second, r.over_one_device) for r in results.a2c_devices])
     if results.a2c_split:
         lines += ["", f"A2C split ceiling: each CartPole-v1 batch as {cores} independent trainers "
-                      f"of workers/{cores}, one per thread, that never exchange gradients",
-                  f"{'workers':>7}  {'env steps/s, together':<32}{'CPU cores':>10}"
-                  f"{'matmul GFLOP/s':>16}{'FLOP-bound fraction':>21}{'/ training':>12}"]
-        for r in results.a2c_split:
-            lines.append(f"{r.workers:>7}  {_fmt_spread(r.steps_per_second):<32}"
-                         f"{r.cores_used.median:>10.2f}"
-                         f"{r.matmul_flops_per_second.median / 1e9:>16,.1f}"
-                         f"{r.fraction_of_flop_bound:>21.1%}{r.over_training:>11.2f}x")
+                      f"of workers/{cores}, one per thread, that never exchange gradients"]
+        lines += _split_table("env steps/s, together", "/ training", [
+            (r, r.steps_per_second, r.over_training) for r in results.a2c_split])
         lines.append("a synchronous A2C split over the cores does this work and more (one "
                      "gradient from the whole batch per update): these rates are its ceiling")
     if results.a3c:
