@@ -92,7 +92,9 @@ class Config:
     workers: int = 8  # parallel actors: vmapped environments for A2C, threads for A3C
     rollout_length: int = 5
     total_steps: int = 500_000  # environment steps per seed
-    devices: Optional[int] = None  # None: every available device; on a CPU, N makes N devices
+    # None: every accelerator, or on a machine without one the CPU layout `platform.choose_layout`
+    # picks for the batch; N: N devices (on a CPU, N CPU devices)
+    devices: Optional[int] = None
     log_interval: int = 20_000  # environment steps between two metric lines
     progress_seconds: float = 2.0  # at most this long between two console progress lines
     eval_episodes: int = 100  # greedy evaluation episodes at the end of training

@@ -22,8 +22,11 @@ measured, is in docs/performance.md.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import logging
 import os
+from dataclasses import dataclass
 
 import jax
 
@@ -37,6 +40,10 @@ VECTOR_WIDTH_FLAG = "--xla_cpu_prefer_vector_width"
 # Environments (workers x seeds) up to which one XLA thread trains A2C on one device faster than
 # one per core (docs/performance.md, "Thread pools").
 SMALL_A2C_BATCH = 64
+# The fewest environments per CPU device for which splitting an A2C batch over CPU devices beats
+# one device: 32 per core was faster on both 2-core machines measured (AMD Zen 5 and Intel
+# Sapphire Rapids), 4 per core slower (docs/performance.md, "Default layout").
+MIN_ENVS_PER_CPU_DEVICE = 32
 
 
 class ThreadsAlreadyFixed(RuntimeError):
@@ -56,6 +63,72 @@ def set_up(xla_cpu_threads: int | None = None, cpu_devices: int | None = None) -
     run_cpu_computations_inline()
     use_wide_cpu_vectors()
     use_unrolled_threefry_on_cpu()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run lays out its work on this machine: the CPU devices to create (None: leave XLA's
+    count) and XLA's CPU thread count (None: one per core), with the reason, and whether jaxac
+    chose them (`devices` and `xla_cpu_threads` left null) or the user or the environment did."""
+
+    cpu_devices: int | None
+    xla_cpu_threads: int | None
+    reason: str
+    automatic: bool
+
+
+def a2c_cpu_devices(workers: int, seeds: int, cores: int) -> int:
+    """The CPU devices the rule splits an A2C batch over: the most, up to one per core, that
+    divide `workers` evenly and still get MIN_ENVS_PER_CPU_DEVICE environments each; 1 if none."""
+    fits = [d for d in range(2, cores + 1)
+            if workers % d == 0 and workers * seeds // d >= MIN_ENVS_PER_CPU_DEVICE]
+    return max(fits, default=1)
+
+
+def choose_layout(algo: str, workers: int, seeds: int, devices: int | None,
+                  threads: int | None, cores: int | None = None) -> Layout:
+    """The layout of a run that has not started JAX yet. `devices` and `threads` as configured
+    win; left null, on a machine without accelerators, an A2C batch is split over CPU devices
+    where `a2c_cpu_devices` says so (one XLA thread pool per core), else it runs on one device
+    with `automatic_xla_cpu_threads`."""
+    cores = cores or os.cpu_count() or 1
+    auto_threads = threads if threads is not None else automatic_xla_cpu_threads(
+        algo, workers, seeds, devices)
+    if devices is not None:
+        return Layout(devices if devices > 1 else None, auto_threads,
+                      f"devices={devices} as configured", False)
+    if _xla_flag(DEVICE_COUNT_FLAG) is not None:
+        return Layout(None, auto_threads, f"XLA_FLAGS sets {DEVICE_COUNT_FLAG}: every device",
+                      False)
+    if accelerator_plugin_installed():
+        return Layout(None, threads, "an accelerator plugin is installed: every device", False)
+    split = a2c_cpu_devices(workers, seeds, cores) if algo == "a2c" else 1
+    if split > 1:
+        return Layout(split, threads, f"an A2C batch of {workers * seeds} environments splits over "
+                      f"{split} CPU devices ({workers * seeds // split} each; splitting is faster "
+                      f"from {MIN_ENVS_PER_CPU_DEVICE} per device)", True)
+    why = (f"{algo.upper()} workers share one device" if algo != "a2c" else
+           f"an A2C batch of {workers * seeds} environments stays on one device (splitting is "
+           f"faster from {MIN_ENVS_PER_CPU_DEVICE} per device, whole workers each)")
+    if auto_threads == 1 and threads is None:
+        why += f", on one XLA thread (faster up to {SMALL_A2C_BATCH} environments)"
+    return Layout(None, auto_threads, why, True)
+
+
+def accelerator_plugin_installed() -> bool:
+    """Whether JAX could find an accelerator here (a PJRT plugin, libtpu, or JAX_PLATFORMS naming
+    another platform), judged without starting JAX."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return any(p.strip() not in ("", "cpu") for p in platforms.split(","))
+    if importlib.util.find_spec("libtpu") is not None:
+        return True
+    try:
+        if importlib.util.find_spec("jax_plugins") is not None:
+            return True
+    except (ImportError, ValueError):
+        pass
+    return bool(importlib.metadata.entry_points(group="jax_plugins"))
 
 
 def jax_started() -> bool:

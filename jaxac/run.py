@@ -65,7 +65,7 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
         cfg = resume_config(cfg.resume, overrides)
         run_dir = cfg.resume
         checkpoint = find_checkpoint(run_dir)
-    set_up_platform(cfg)  # before anything starts JAX
+    layout = set_up_platform(cfg)  # before anything starts JAX
     validate(cfg, len(jax.devices()))
     use_compilation_cache(cfg.compilation_cache_dir)
     run_dir = Path(run_dir)
@@ -87,6 +87,9 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
     log.info(f"{cfg.algo.name} on {cfg.env.name}: {cfg.seeds} seed(s) x {cfg.workers} workers x "
              f"{cfg.rollout_length} steps per update, {cfg.total_steps:,} env steps per seed, "
              f"{len(devices)} device(s); writing to {run_dir}")
+    set_by = "automatic" if layout.automatic else "as set"
+    log.info(f"layout ({set_by}): {len(devices)} {devices[0].platform.upper()} device(s), "
+             f"xla_cpu_threads={platform.xla_cpu_threads() or 'one per core'}: {layout.reason}")
 
     checkpointer = Checkpointer(run_dir, int(cfg.checkpoint_every), int(cfg.checkpoint_keep),
                                 resume_from=checkpoint)
@@ -111,6 +114,9 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
                                       int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
     summary = build_summary(cfg, result, eval_returns, threshold,
                             checkpoint.env_steps if checkpoint else None)
+    summary["layout"] = {"devices": [str(d) for d in devices],
+                         "xla_cpu_threads": platform.xla_cpu_threads(),
+                         "automatic": layout.automatic, "reason": layout.reason}
     write_json(run_dir / "summary.json", summary)
     metrics = read_metrics(run_dir)
     if len(metrics):
@@ -127,24 +133,25 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
     return summary
 
 
-def set_up_platform(cfg: DictConfig) -> None:
-    """`jaxac.platform.set_up` with this run's `xla_cpu_threads` and `devices`, before JAX
-    starts; ConfigError if the thread count is invalid or JAX already runs in this process with
-    another one (a sweep job in a reused process)."""
+def set_up_platform(cfg: DictConfig) -> platform.Layout:
+    """`jaxac.platform.set_up` with this run's layout (`platform.choose_layout`: its `devices`
+    and `xla_cpu_threads`, or what the rule picks where they are null), before JAX starts;
+    returns the layout. ConfigError if the thread count is invalid or JAX already runs in this
+    process with another one (a sweep job in a reused process)."""
     validate_xla_cpu_threads(cfg)
     devices = cfg.get("devices") if isinstance(cfg.get("devices"), int) else None
     threads = cfg.get("xla_cpu_threads")
-    if threads is None and not platform.jax_started():  # a started JAX keeps its threads
-        threads = platform.automatic_xla_cpu_threads(cfg.algo.name, int(cfg.workers),
-                                                     int(cfg.seeds), devices)
-        if threads is not None:
-            log.info(f"xla_cpu_threads: {threads} (automatic for an A2C batch of at most "
-                     f"{platform.SMALL_A2C_BATCH} environments on one device; set it to "
-                     "override)")
+    if platform.jax_started():  # its devices and threads are fixed: keep them
+        layout = platform.Layout(None, threads, "JAX already runs in this process: its devices "
+                                 "and thread count as they are", False)
+    else:
+        layout = platform.choose_layout(cfg.algo.name, int(cfg.workers), int(cfg.seeds),
+                                        devices, threads)
     try:
-        platform.set_up(threads, devices)
+        platform.set_up(layout.xla_cpu_threads, layout.cpu_devices)
     except platform.ThreadsAlreadyFixed as fixed:
         raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
+    return layout
 
 
 def use_compilation_cache(directory: str | None) -> None:

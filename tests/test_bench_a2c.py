@@ -41,10 +41,21 @@ def test_a2c_rows_against_the_flop_bound_limit(rows):
     assert breakout.flops.total_per_step > 10 * cartpole.flops.total_per_step  # the conv torso
 
 
+@pytest.fixture(scope="module")
+def one_core_rows(rows):
+    return a2c.one_core(rows, 2, 0.05)  # every row again, in a child with one XLA thread
+
+
+@pytest.fixture(scope="module")
+def device_rows(rows):
+    return a2c.on_cpu_devices(rows, 2, 0.05)  # in a child with one CPU device per core
+
+
 @pytest.mark.slow
-def test_one_core_rows_in_a_child_with_one_thread(rows):
+def test_one_core_rows_in_a_child_with_one_thread(rows, one_core_rows):
     cartpole = rows[0]
-    [one] = a2c.one_core(rows, 2, 0.05)  # the CartPole rows only, rerun with one XLA thread
+    assert [(r.env, r.workers) for r in one_core_rows] == [(r.env, r.workers) for r in rows]
+    one = one_core_rows[0]
     assert one.workers == 8 and one.xla_cpu_threads == 1
     assert one.train_steps_per_second.n == 2
     limit = one.matmul_flops_per_second.median / cartpole.flops.total_per_step
@@ -60,22 +71,21 @@ def test_one_core_rows_in_a_child_with_one_thread(rows):
                 cartpole.network_pass_steps_per_second.median)
 
 
-def fraction_and_ratio_agree(cartpole, row, rate: float, ratio: float) -> bool:
-    """A CartPole row's FLOP-bound fraction and its ratio to the A2C row, recomputed."""
-    limit = row.matmul_flops_per_second.median / cartpole.flops.total_per_step
+def fraction_and_ratio_agree(full, row, rate: float, ratio: float) -> bool:
+    """A row's FLOP-bound fraction and its ratio to the A2C row `full`, recomputed."""
+    limit = row.matmul_flops_per_second.median / full.flops.total_per_step
     return (same(row.fraction_of_flop_bound * limit, rate)
-            and same(ratio * cartpole.train_steps_per_second.median, rate))
+            and same(ratio * full.train_steps_per_second.median, rate))
 
 
 @pytest.mark.slow
-def test_the_batch_split_over_cpu_devices_and_the_split_ceiling(rows):
+def test_the_batch_split_over_cpu_devices_and_the_split_ceiling(rows, device_rows):
     cartpole, cores = rows[0], os.cpu_count()
-    devices = a2c.on_cpu_devices(rows, 2, 0.05)  # in a child with one CPU device per core
-    assert len(devices) == (1 if cores > 1 and 8 % cores == 0 else 0)
-    for split in devices:
-        assert split.workers == 8 and split.devices == cores
+    assert len(device_rows) == (2 if cores > 1 and 8 % cores == 0 else 0)  # both environments
+    for split, one in zip(device_rows, rows):
+        assert (split.env, split.workers, split.devices) == (one.env, 8, cores)
         assert split.train_steps_per_second.n == split.matmul_flops_per_second.n == 2
-        assert fraction_and_ratio_agree(cartpole, split, split.train_steps_per_second.median,
+        assert fraction_and_ratio_agree(one, split, split.train_steps_per_second.median,
                                         split.over_one_device)
     ceiling = a2c.split_ceiling(rows, 2, 0.05, roofline.matmul_timer(256))
     assert len(ceiling) == (1 if cores > 1 and 8 % cores == 0 else 0)
@@ -84,3 +94,24 @@ def test_the_batch_split_over_cpu_devices_and_the_split_ceiling(rows):
         assert split.steps_per_second.n == 2 and split.cores_used.median > 0
         assert fraction_and_ratio_agree(cartpole, split, split.steps_per_second.median,
                                         split.over_training)
+
+
+@pytest.mark.slow
+def test_default_layout_against_the_best_measured(rows, one_core_rows, device_rows, monkeypatch):
+    from jaxac import platform
+
+    monkeypatch.delenv("PJRT_NPROC", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    defaults = a2c.default_layouts(rows, one_core_rows, device_rows)
+    assert [(d.env, d.workers) for d in defaults] == [(r.env, r.workers) for r in rows]
+    for d, row, one in zip(defaults, rows, one_core_rows):
+        measured = {"1 device": row.train_steps_per_second.median,
+                    "1 device, 1 thread": one.train_steps_per_second.median}
+        measured.update({f"{s.devices} CPU devices": s.train_steps_per_second.median
+                         for s in device_rows if (s.env, s.workers) == (row.env, row.workers)})
+        assert d.best_steps_per_second == max(measured.values()) == measured[d.best]
+        assert d.default_steps_per_second == measured[d.default]
+        assert same(d.default_over_best * d.best_steps_per_second, d.default_steps_per_second)
+        # 8 workers: too few to split (and one thread), as the run itself picks
+        layout = platform.choose_layout("a2c", 8, 1, None, None)
+        assert layout.cpu_devices is None and d.default == "1 device, 1 thread"

@@ -68,7 +68,7 @@ def _spread(value: float):
 def test_sb3_ratios(monkeypatch):
     monkeypatch.delenv("PJRT_NPROC", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "")
-    a2c_rows = [A2CRow("CartPole-v1", 8, 1.0, _spread(300_000.0), _spread(1.0), _spread(1.0),
+    a2c_rows = [A2CRow("CartPole-v1", "cartpole", 8, 1.0, _spread(300_000.0), _spread(1.0), _spread(1.0),
                        _spread(1.0), roofline.FlopCount(1, 1, 2), 1.0, 0.5, 0.5)]
     solve = [SolveResult("a2c", SolvePhase([], "0/0"),
                          SolvePhase([], "1/1", train_seconds=_spread(2.0)))]
@@ -79,7 +79,7 @@ def test_sb3_ratios(monkeypatch):
         "A2C steps/s at workers=8 (XLA's default threads, as python -m jaxac.run runs it), "
         "jaxac / SB3": 30.0, **wall}
     # python -m jaxac.run workers=8 runs on one XLA thread: the one-core row is the one to compare
-    one = [OneCoreRow(8, _spread(450_000.0), _spread(1.0), _spread(1.0), _spread(1.0), 1)]
+    one = [OneCoreRow("CartPole-v1", 8, _spread(450_000.0), _spread(1.0), _spread(1.0), _spread(1.0), 1)]
     assert sb3.ratios(result, a2c_rows, one, solve) == {
         "A2C steps/s at workers=8 (1 XLA thread, as python -m jaxac.run runs it), "
         "jaxac / SB3": 45.0, **wall}

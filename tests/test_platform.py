@@ -229,3 +229,56 @@ def test_importing_jaxac_changes_nothing_about_jax():
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen == {"env_unchanged": True, "dispatch_unchanged": True, "threefry": False,
                     "jax_started": False}
+
+
+def test_the_layout_rule(monkeypatch):
+    from jaxac import platform
+
+    for name in ("PJRT_NPROC", "JAX_PLATFORMS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    plugin_check = platform.accelerator_plugin_installed
+    monkeypatch.setattr(platform, "accelerator_plugin_installed", lambda: False)
+
+    def layout(workers, seeds=1, cores=2, algo="a2c", devices=None, threads=None):
+        chosen = platform.choose_layout(algo, workers, seeds, devices, threads, cores)
+        return chosen.cpu_devices, chosen.xla_cpu_threads, chosen.automatic
+
+    assert layout(8) == (None, 1, True)  # 4 per core: one device, one thread
+    assert layout(64) == (2, None, True)  # 32 per core: split, a thread pool per core
+    assert layout(512) == layout(4096) == (2, None, True)
+    assert layout(8, seeds=8) == (2, None, True)  # the seeds count: 32 environments per device
+    assert layout(30) == (None, 1, True)  # 15 per device: one
+    assert layout(96, cores=4) == (3, None, True)  # 4 devices would get 24 each; 3 get 32
+    assert layout(66, cores=2) == (2, None, True)
+    assert layout(65, cores=2)[0] is None  # no even split
+    assert layout(512, cores=1) == (None, None, True)
+    assert layout(16, algo="a3c") == (None, None, True)  # A3C's workers share one device
+    assert layout(512, devices=1) == (None, None, False)  # what the user asked for
+    assert layout(8, devices=2) == (2, None, False)
+    assert layout(512, threads=1) == (2, 1, True)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    assert layout(512)[2] is False  # the environment decided
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setattr(platform, "accelerator_plugin_installed", plugin_check)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    assert layout(512) == (None, None, False)  # every accelerator, as before
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not platform.accelerator_plugin_installed()
+
+
+@pytest.mark.slow
+def test_a_run_prints_and_records_its_layout(tmp_path):
+    from cli import run_jaxac
+
+    env = {"PJRT_NPROC": "", "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    for name, overrides, devices, automatic in (("split", ["workers=64"], 2, True),
+                                                ("one", ["workers=8"], 1, True),
+                                                ("asked", ["workers=64", "devices=1"], 1, False)):
+        out = run_jaxac(*overrides, "total_steps=3200", "eval_episodes=1",
+                        f"hydra.run.dir={tmp_path}/{name}", env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        layout = json.loads((tmp_path / name / "summary.json").read_text())["layout"]
+        assert len(layout["devices"]) == devices and layout["automatic"] == automatic, name
+        assert ("layout (automatic)" if automatic else "layout (as set)") in out.stdout + out.stderr
+        assert layout["reason"] in out.stdout + out.stderr

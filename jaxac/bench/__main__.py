@@ -98,6 +98,8 @@ def run(args: argparse.Namespace, sections: set[str]):
             results.a2c_split = a2c.split_ceiling(results.a2c, args.repeats, args.seconds,
                                                   matmul_rate)
             results.a2c_one_core = a2c.one_core(results.a2c, args.repeats, args.seconds)
+            results.a2c_default = a2c.default_layouts(results.a2c, results.a2c_one_core,
+                                                      results.a2c_devices)
     if "a3c" in sections:
         a3c_workers = parse_workers(args.a3c_workers, a3c.WORKERS)
         for mode in UPDATE_MODES:

@@ -27,8 +27,8 @@ from jaxac.bench.timing import (Spread, in_child_process, run_in_threads, spread
 from jaxac.checkpoint import network_from_config
 from jaxac.config import compose_config
 from jaxac.envs import make_env
-from jaxac.platform import (DEVICE_COUNT_FLAG, THREADS_VARIABLE, XLA_FLAGS, xla_cpu_threads,
-                            xla_flags_without)
+from jaxac.platform import (DEVICE_COUNT_FLAG, THREADS_VARIABLE, XLA_FLAGS, choose_layout,
+                            xla_cpu_threads, xla_flags_without)
 
 SIZES = {"cartpole": (8, 64, 512, 4096), "breakout": (64, 512)}
 
@@ -38,6 +38,7 @@ class A2CRow:
     """One A2C batch size: training, acting only and network passes only, against the limit."""
 
     env: str
+    preset: str  # conf/env/<preset>.yaml
     workers: int
     compile_seconds: float
     train_steps_per_second: Spread
@@ -52,9 +53,10 @@ class A2CRow:
 
 @dataclass
 class OneCoreRow:
-    """A CartPole-v1 row on one XLA thread (measured in a child process), and what it says
-    about the all-core row (filled in by `one_core`)."""
+    """An A2C row on one XLA thread (measured in a child process), and what it says about the
+    all-core row (filled in by `one_core`)."""
 
+    env: str
     workers: int
     train_steps_per_second: Spread
     matmul_flops_per_second: Spread
@@ -70,8 +72,9 @@ class OneCoreRow:
 
 @dataclass
 class DeviceRow:
-    """A CartPole-v1 row split over `devices` CPU devices (a child process)."""
+    """An A2C row split over `devices` CPU devices (a child process)."""
 
+    env: str
     workers: int
     devices: int
     train_steps_per_second: Spread
@@ -85,6 +88,7 @@ class DeviceRow:
 class SplitRow:
     """`parts` independent trainers of workers / parts environments, one per thread."""
 
+    env: str
     workers: int
     parts: int
     steps_per_second: Spread
@@ -92,6 +96,21 @@ class SplitRow:
     cores_used: Spread
     fraction_of_flop_bound: float
     over_training: float
+
+
+@dataclass
+class DefaultLayoutRow:
+    """The layout `python -m jaxac.run` picks for an A2C row (`platform.choose_layout`) against
+    the fastest of the layouts measured: one device (XLA's threads), one device on one thread,
+    one CPU device per core."""
+
+    env: str
+    workers: int
+    default: str
+    default_steps_per_second: float
+    best: str
+    best_steps_per_second: float
+    default_over_best: float
 
 
 @dataclass
@@ -140,34 +159,43 @@ def throughput(env: str, workers: int, repeats: int, seconds: float,
     flop = training_flops_per_step(t.cfg, t.spec, t.network, workers)
     flop.network_passes_per_step = pass_flops
     limit = statistics.median(t.matmul) / flop.total_per_step
-    return A2CRow(t.cfg.env.name, workers, t.compile_seconds, spread(t.rates), spread(inference),
+    return A2CRow(t.cfg.env.name, env, workers, t.compile_seconds, spread(t.rates), spread(inference),
                   spread(passes), spread(t.matmul), flop, limit,
                   statistics.median(t.rates) / limit, statistics.median(passes) / limit)
 
 
-def _cartpole_rows(rows: list[A2CRow], divisible_by: int = 1) -> dict[int, A2CRow]:
-    return {r.workers: r for r in rows
-            if r.env == "CartPole-v1" and r.workers % divisible_by == 0}
+def _rows_by_env(rows: list[A2CRow], divisible_by: int = 1) -> dict[str, list[int]]:
+    """preset -> the batch sizes of its rows whose workers divide by `divisible_by`."""
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        if r.workers % divisible_by == 0:
+            out.setdefault(r.preset, []).append(r.workers)
+    return out
+
+
+def _row(rows: list[A2CRow], env: str, workers: int) -> A2CRow:
+    return next(r for r in rows if r.env == env and r.workers == workers)
 
 
 # ----- on one core --------------------------------------------------------------------------------
 
-def one_core_rates(workers_list: Sequence[int], repeats: int, seconds: float) -> list[OneCoreRow]:
-    """CartPole-v1 rows (training, matmul rate, cores used, network passes) in this process as it
-    is: `one_core` runs it in a process whose XLA thread pools have one thread."""
+def one_core_rates(preset: str, workers_list: Sequence[int], repeats: int, seconds: float
+                   ) -> list[OneCoreRow]:
+    """Rows (training, matmul rate, cores used, network passes) in this process as it is:
+    `one_core` runs it in a process whose XLA thread pools have one thread."""
     matmul_rate = matmul_timer(default_matmul_size())
     rows = []
     for workers in workers_list:
-        t = training_rates("cartpole", workers, repeats, seconds, matmul_rate)
+        t = training_rates(preset, workers, repeats, seconds, matmul_rate)
         passes, _ = network_pass_rates(t.cfg, t.spec, t.network, workers, repeats, seconds)
-        rows.append(OneCoreRow(workers, spread(t.rates), spread(t.matmul), spread(t.cores),
-                               spread(passes), xla_cpu_threads()))
+        rows.append(OneCoreRow(t.cfg.env.name, workers, spread(t.rates), spread(t.matmul),
+                               spread(t.cores), spread(passes), xla_cpu_threads()))
     return rows
 
 
 def one_core(a2c_rows: list[A2CRow], repeats: int, seconds: float) -> list[OneCoreRow]:
-    """The CartPole-v1 rows again on one XLA thread (a child process with PJRT_NPROC=1): what the
-    machine's other cores add.
+    """The A2C rows again on one XLA thread (a child process per preset with PJRT_NPROC=1): what
+    the machine's other cores add.
 
     Each row gets the one-core fraction of the one-core FLOP-bound limit and the speedup of the
     all-core row over it. If more cores could at best multiply the one-core throughput by their
@@ -175,15 +203,15 @@ def one_core(a2c_rows: list[A2CRow], repeats: int, seconds: float) -> list[OneCo
     `cores * one-core matmul rate / all-core matmul rate` (`most_with_linear_scaling`). The
     network passes alone get the same two figures.
     """
-    rows = _cartpole_rows(a2c_rows)
-    if not rows:
-        return []
-    measured = in_child_process(__name__, _child_args("one_core", sorted(rows), repeats, seconds),
-                                {THREADS_VARIABLE: "1"}, "the one-core A2C measurement",
-                                list[OneCoreRow])
+    measured = []
+    for preset, workers in _rows_by_env(a2c_rows).items():
+        measured += in_child_process(__name__, _child_args("one_core", preset, workers, repeats,
+                                                           seconds),
+                                     {THREADS_VARIABLE: "1"}, "the one-core A2C measurement",
+                                     list[OneCoreRow])
     cores = os.cpu_count() or 1
     for one in measured:
-        full = rows[one.workers]
+        full = _row(a2c_rows, one.env, one.workers)
         flops_per_step = full.flops.total_per_step
         one_matmul = one.matmul_flops_per_second.median
         one.fraction_of_one_core_flop_bound = flop_bound_fraction(
@@ -202,39 +230,66 @@ def one_core(a2c_rows: list[A2CRow], repeats: int, seconds: float) -> list[OneCo
 
 # ----- split over the cores -----------------------------------------------------------------------
 
-def device_rates(workers_list: Sequence[int], devices: int, repeats: int, seconds: float
-                 ) -> list[DeviceRow]:
-    """CartPole-v1 rows with the batch split over `devices` devices, in this process:
-    `on_cpu_devices` runs it in a process with one CPU device per core."""
+def device_rates(preset: str, workers_list: Sequence[int], devices: int, repeats: int,
+                 seconds: float) -> list[DeviceRow]:
+    """Rows with the batch split over `devices` devices, in this process: `on_cpu_devices` runs
+    it in a process with one CPU device per core."""
     matmul_rate = matmul_timer(default_matmul_size())
     rows = []
     for workers in workers_list:
-        t = training_rates("cartpole", workers, repeats, seconds, matmul_rate, devices=devices)
-        rows.append(DeviceRow(workers, len(jax.devices()[:devices]), spread(t.rates),
-                              spread(t.matmul), spread(t.cores)))
+        t = training_rates(preset, workers, repeats, seconds, matmul_rate, devices=devices)
+        rows.append(DeviceRow(t.cfg.env.name, workers, len(jax.devices()[:devices]),
+                              spread(t.rates), spread(t.matmul), spread(t.cores)))
     return rows
 
 
 def on_cpu_devices(a2c_rows: list[A2CRow], repeats: int, seconds: float) -> list[DeviceRow]:
-    """The CartPole-v1 rows again with the batch split over one CPU device per core
-    (`devices=<cores>`, in a child process that XLA starts with that many CPU devices), with the
+    """The A2C rows again with the batch split over one CPU device per core (`devices=<cores>`,
+    in a child process per preset that XLA starts with that many CPU devices), with the
     fraction of the row's FLOP-bound limit and the ratio to the one-device row."""
     cores = os.cpu_count() or 1
-    rows = _cartpole_rows(a2c_rows, divisible_by=cores) if cores > 1 else {}
-    if not rows:
+    if cores < 2:
         return []
     flags = f"{xla_flags_without(DEVICE_COUNT_FLAG)} {DEVICE_COUNT_FLAG}={cores}".strip()
-    measured = in_child_process(__name__, _child_args("devices", sorted(rows), repeats, seconds,
-                                                      cores),
-                                {XLA_FLAGS: flags}, "the A2C measurement on CPU devices",
-                                list[DeviceRow])
+    measured = []
+    for preset, workers in _rows_by_env(a2c_rows, divisible_by=cores).items():
+        measured += in_child_process(__name__, _child_args("devices", preset, workers, repeats,
+                                                           seconds, cores),
+                                     {XLA_FLAGS: flags}, "the A2C measurement on CPU devices",
+                                     list[DeviceRow])
     for split in measured:
-        one = rows[split.workers]
+        one = _row(a2c_rows, split.env, split.workers)
         rate = split.train_steps_per_second.median
         split.fraction_of_flop_bound = flop_bound_fraction(
             rate, one.flops.total_per_step, split.matmul_flops_per_second.median)
         split.over_one_device = rate / one.train_steps_per_second.median
     return measured
+
+
+def default_layouts(a2c_rows: list[A2CRow], one_core_rows: list[OneCoreRow],
+                    device_rows: list[DeviceRow]) -> list[DefaultLayoutRow]:
+    """For each A2C row: the layout `python -m jaxac.run` picks on this machine for it (no
+    `devices` or `xla_cpu_threads` given, one seed) and the fastest layout measured, with their
+    ratio."""
+    cores = os.cpu_count() or 1
+    rows = []
+    for row in a2c_rows:
+        measured = {"1 device": row.train_steps_per_second.median}
+        for one in one_core_rows:
+            if (one.env, one.workers) == (row.env, row.workers):
+                measured["1 device, 1 thread"] = one.train_steps_per_second.median
+        for split in device_rows:
+            if (split.env, split.workers) == (row.env, row.workers):
+                measured[f"{split.devices} CPU devices"] = split.train_steps_per_second.median
+        layout = choose_layout("a2c", row.workers, 1, None, None, cores)
+        default = (f"{layout.cpu_devices} CPU devices" if (layout.cpu_devices or 1) > 1
+                   else "1 device, 1 thread" if layout.xla_cpu_threads == 1 else "1 device")
+        if not layout.automatic or default not in measured:  # nothing to compare it with
+            continue
+        best = max(measured, key=measured.get)
+        rows.append(DefaultLayoutRow(row.env, row.workers, default, measured[default], best,
+                                     measured[best], measured[default] / measured[best]))
+    return rows
 
 
 def split_ceiling(a2c_rows: list[A2CRow], repeats: int, seconds: float,
@@ -248,7 +303,9 @@ def split_ceiling(a2c_rows: list[A2CRow], repeats: int, seconds: float,
     """
     cores = os.cpu_count() or 1
     rows = []
-    for workers, full in (_cartpole_rows(a2c_rows, cores) if cores > 1 else {}).items():
+    cartpole = [r for r in a2c_rows if r.env == "CartPole-v1" and r.workers % cores == 0]
+    for full in cartpole if cores > 1 else []:
+        workers = full.workers
         cfg = compose_config(["env=cartpole", f"workers={workers // cores}",
                               f"rollout_length={ROLLOUT}", "compilation_cache_dir=null"])
         spec = make_env(cfg.env.name)
@@ -272,7 +329,8 @@ def split_ceiling(a2c_rows: list[A2CRow], repeats: int, seconds: float,
         rates, cores_used, matmul = step_rates(train_all, repeats, seconds,
                                                before_each=matmul_rate)
         rate = statistics.median(rates)
-        rows.append(SplitRow(workers, cores, spread(rates), spread(matmul), spread(cores_used),
+        rows.append(SplitRow(full.env, workers, cores, spread(rates), spread(matmul),
+                             spread(cores_used),
                              flop_bound_fraction(rate, full.flops.total_per_step,
                                                  statistics.median(matmul)),
                              rate / full.train_steps_per_second.median))
@@ -281,15 +339,16 @@ def split_ceiling(a2c_rows: list[A2CRow], repeats: int, seconds: float,
 
 # ----- the child processes ------------------------------------------------------------------------
 
-def _child_args(section: str, workers: list[int], repeats: int, seconds: float,
+def _child_args(section: str, preset: str, workers: list[int], repeats: int, seconds: float,
                 devices: int = 1) -> list[str]:
-    return [section, "--workers", ",".join(map(str, workers)), "--repeats", str(repeats),
-            "--seconds", str(seconds), "--devices", str(devices)]
+    return [section, "--env", preset, "--workers", ",".join(map(str, workers)),
+            "--repeats", str(repeats), "--seconds", str(seconds), "--devices", str(devices)]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jaxac.bench.a2c")
     parser.add_argument("section", choices=("one_core", "devices"))
+    parser.add_argument("--env", default="cartpole", help="an env preset (conf/env/)")
     parser.add_argument("--workers", required=True, help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
@@ -299,8 +358,9 @@ def main(argv: list[str] | None = None) -> None:
 
     platform.set_up()  # with the thread and device counts the parent put in the environment
     workers = [int(w) for w in args.workers.split(",")]
-    rows = (one_core_rates(workers, args.repeats, args.seconds) if args.section == "one_core"
-            else device_rates(workers, args.devices, args.repeats, args.seconds))
+    rows = (one_core_rates(args.env, workers, args.repeats, args.seconds)
+            if args.section == "one_core"
+            else device_rates(args.env, workers, args.devices, args.repeats, args.seconds))
     print(json.dumps(to_json(rows)))
 
 

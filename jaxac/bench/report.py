@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jaxac.bench.a2c import A2CRow, DeviceRow, OneCoreRow, SplitRow
+from jaxac.bench.a2c import A2CRow, DefaultLayoutRow, DeviceRow, OneCoreRow, SplitRow
 from jaxac.bench.a3c import A3CRow, CallCost, CeilingRow
 from jaxac.bench.roofline import ROLLOUT
 from jaxac.bench.sb3 import SB3Result
@@ -39,6 +39,7 @@ class BenchResults:
     a2c_devices: list[DeviceRow] = field(default_factory=list)
     a2c_split: list[SplitRow] = field(default_factory=list)
     a2c_one_core: list[OneCoreRow] = field(default_factory=list)
+    a2c_default: list[DefaultLayoutRow] = field(default_factory=list)
     a3c: list[A3CRow] = field(default_factory=list)
     a3c_ceiling: list[CeilingRow] = field(default_factory=list)
     a3c_floor: dict[str, CallCost] = field(default_factory=dict)
@@ -52,10 +53,11 @@ def _fmt_spread(s: Spread, digits: int = 0) -> str:
 
 def _split_table(rate_title: str, ratio_title: str, rows: list) -> list[str]:
     """The header and rows of a table of A2C splits: (row, its env steps/s, its ratio) each."""
-    lines = [f"{'workers':>7}  {rate_title:<32}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
+    lines = [f"{'env':<18}{'workers':>7}  {rate_title:<32}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
              f"{'FLOP-bound fraction':>21}{ratio_title:>12}"]
     for r, rate, ratio in rows:
-        lines.append(f"{r.workers:>7}  {_fmt_spread(rate):<32}{r.cores_used.median:>10.2f}"
+        lines.append(f"{r.env:<18}{r.workers:>7}  "
+                     f"{_fmt_spread(rate):<32}{r.cores_used.median:>10.2f}"
                      f"{r.matmul_flops_per_second.median / 1e9:>16,.1f}"
                      f"{r.fraction_of_flop_bound:>21.1%}{ratio:>11.2f}x")
     return lines
@@ -90,13 +92,14 @@ def report(results: BenchResults) -> str:
                      "sampling, loss terms or optimizer), the most the trainer could reach with "
                      "everything else free")
     if results.a2c_one_core:
-        lines += ["", "A2C on one core: the CartPole-v1 rows with XLA's CPU thread pools sized to "
+        lines += ["", "A2C on one core: the A2C rows with XLA's CPU thread pools sized to "
                       "one thread (PJRT_NPROC=1, a child process)",
-                  f"{'workers':>7}  {'train steps/s':<30}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
+                  f"{'env':<18}{'workers':>7}  {'train steps/s':<30}{'CPU cores':>10}{'matmul GFLOP/s':>16}"
                   f"{'fraction':>10}{f'{cores} cores / 1':>14}{'bound':>8}  "
                   f"{'network passes steps/s':<32}{'fraction':>8}{f'{cores} cores / 1':>14}"]
         for r in results.a2c_one_core:
-            lines.append(f"{r.workers:>7}  {_fmt_spread(r.train_steps_per_second):<30}"
+            lines.append(f"{r.env:<18}{r.workers:>7}  "
+                         f"{_fmt_spread(r.train_steps_per_second):<30}"
                          f"{r.cores_used.median:>10.2f}"
                          f"{r.matmul_flops_per_second.median / 1e9:>16,.1f}"
                          f"{r.fraction_of_one_core_flop_bound:>10.1%}"
@@ -110,7 +113,7 @@ def report(results: BenchResults) -> str:
                      f"{cores} cores multiplied the one-core rate by {cores}; network passes: as "
                      f"in the A2C table, on one core")
     if results.a2c_devices:
-        lines += ["", f"A2C on {cores} CPU devices: the CartPole-v1 rows with the batch split over "
+        lines += ["", f"A2C on {cores} CPU devices: the A2C rows with the batch split over "
                       f"one CPU device per core (devices={cores}, a child process), one "
                       f"all-reduce per update"]
         lines += _split_table("train steps/s", "/ 1 device", [
@@ -122,6 +125,15 @@ def report(results: BenchResults) -> str:
             (r, r.steps_per_second, r.over_training) for r in results.a2c_split])
         lines.append("a synchronous A2C split over the cores does this work and more (one "
                      "gradient from the whole batch per update): these rates are its ceiling")
+    if results.a2c_default:
+        lines += ["", "A2C default layout: what python -m jaxac.run picks for each row (devices and "
+                      "xla_cpu_threads unset) against the fastest layout measured",
+                  f"{'env':<18}{'workers':>8}  {'default':<20}{'steps/s':>12}  {'best':<20}"
+                  f"{'steps/s':>12}{'default / best':>16}"]
+        for r in results.a2c_default:
+            lines.append(f"{r.env:<18}{r.workers:>8}  {r.default:<20}"
+                         f"{r.default_steps_per_second:>12,.0f}  {r.best:<20}"
+                         f"{r.best_steps_per_second:>12,.0f}{r.default_over_best:>15.2f}x")
     if results.a3c:
         lines += ["", "A3C (CartPole-v1, 1 env per worker, rollout_length 5)",
                   f"{'update':<9}{'workers':>8}  {'env steps/s':<28}{'updates/s':<26}"
@@ -233,18 +245,18 @@ def plot(results: BenchResults, path: Path) -> None:
                       label=f"{env}: {label}")
         ax.plot(w, [r.flop_bound_steps_per_second for r in rows], ":", color=f"C{i}",
                 label=f"{env}: FLOP-bound limit")
-    one_core = results.a2c_one_core
-    if one_core:
-        w = [r.workers for r in one_core]
-        _errorbar(ax, w, [r.train_steps_per_second for r in one_core], fmt=":o",
-                  color="grey", label="CartPole-v1: training on one core")
-        _errorbar(ax, w, [r.network_pass_steps_per_second for r in one_core], fmt=":d",
-                  color="grey", label="CartPole-v1: network passes on one core")
-    on_devices = results.a2c_devices
-    if on_devices:
-        _errorbar(ax, [r.workers for r in on_devices],
-                  [r.train_steps_per_second for r in on_devices], fmt="-^", color="C3",
-                  label=f"CartPole-v1: training on {on_devices[0].devices} CPU devices")
+    envs = sorted({r.env for r in results.a2c})
+    for i, env in enumerate(envs):
+        one_core = [r for r in results.a2c_one_core if r.env == env]
+        if one_core:
+            _errorbar(ax, [r.workers for r in one_core],
+                      [r.train_steps_per_second for r in one_core], fmt=":o", color=f"C{i}",
+                      alpha=0.6, label=f"{env}: training on one core")
+        on_devices = [r for r in results.a2c_devices if r.env == env]
+        if on_devices:
+            _errorbar(ax, [r.workers for r in on_devices],
+                      [r.train_steps_per_second for r in on_devices], fmt="-^", color=f"C{i}",
+                      alpha=0.6, label=f"{env}: training on {on_devices[0].devices} CPU devices")
     split = results.a2c_split
     if split:
         _errorbar(ax, [r.workers for r in split], [r.steps_per_second for r in split],
