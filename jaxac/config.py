@@ -10,12 +10,14 @@ allowed.
 
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 
 ALGOS = ("a2c", "a3c")
@@ -142,12 +144,78 @@ def steps_per_update(cfg: DictConfig) -> int:
     return int(cfg.workers) * int(cfg.rollout_length)
 
 
+def schema_for(algo: str) -> DictConfig:
+    """The schema of a run of `algo`, every key at its default."""
+    node = A3CConfig if algo == "a3c" else A2CConfig
+    return OmegaConf.merge(OmegaConf.structured(Config), {"algo": OmegaConf.structured(node)})
+
+
+def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        value = node._get_node(key)
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, DictConfig):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse a key the schema does not have (one added with `+key=value` too), naming the
+    closest schema keys. Values of `Any`-typed keys (A3C's entropy spread) are not looked into."""
+    schema = schema_for(str(cfg.algo.get("name", "a2c")))
+    known = [key for key in _dotted_keys(schema)
+             if not isinstance(OmegaConf.select(schema, key), DictConfig)]
+
+    def walk(node: DictConfig, reference: DictConfig, prefix: str) -> None:
+        for key in node:
+            dotted = f"{prefix}{key}"
+            if key not in reference:
+                close = difflib.get_close_matches(dotted, known, n=3, cutoff=0.6)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise ConfigError(dotted, OmegaConf.to_container(node)[key]
+                                  if isinstance(node._get_node(key), DictConfig) else node[key],
+                                  f"a key of the schema (jaxac/config.py, README's options "
+                                  f"table){hint}")
+            child, expected = node._get_node(key), reference._get_node(key)
+            if isinstance(child, DictConfig) and isinstance(expected, DictConfig):
+                walk(child, expected, f"{dotted}.")
+
+    walk(cfg, schema, "")
+
+
+def check_finite(cfg: DictConfig, prefix: str = "") -> None:
+    """Refuse any float value that is NaN or infinite, naming its key."""
+    for key in cfg:
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and node._metadata.object_type is not dict:
+            check_finite(node, f"{prefix}{key}.")  # a schema section: name its own keys
+            continue
+        value = OmegaConf.to_container(node) if isinstance(node, (DictConfig, ListConfig)) \
+            else cfg[key]
+        require(all(math.isfinite(x) for x in _floats(value)), f"{prefix}{key}", value,
+                "finite numbers only (no NaN or infinity)")
+
+
+def _floats(value: Any) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _floats(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _floats(v)]
+    return []
+
+
 def validate(cfg: DictConfig, available_devices: int) -> None:
-    """Check every value that the schema's types cannot; raise ConfigError on the first bad one."""
+    """Check every key and every value that the schema's types cannot; raise ConfigError on the
+    first bad one."""
     from jaxac.envs import env_names, unknown_env_message
 
     algo = cfg.algo
     require(algo.name in ALGOS, "algo", algo.name, f"one of {', '.join(ALGOS)}")
+    check_keys(cfg)
+    check_finite(cfg)
     if cfg.env.name not in env_names():
         raise ConfigError("env.name", cfg.env.name, unknown_env_message(cfg.env.name))
     require(cfg.seeds >= 1, "seeds", cfg.seeds, "an integer >= 1")

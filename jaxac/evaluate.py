@@ -48,17 +48,33 @@ def evaluate_seeds(spec: EnvSpec, apply_fn: Callable, params: Any, obs_stats: Ob
     return np.asarray(run(params, obs_stats, jax.random.split(key, seeds)))
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: a whole number >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     from jaxac import platform
     from jaxac.checkpoint import load_policy
 
-    platform.set_up()  # before JAX starts
-    parser = argparse.ArgumentParser(description="Greedy evaluation of a trained jaxac run.")
+    parser = argparse.ArgumentParser(prog="python -m jaxac.evaluate",
+                                     description="Greedy evaluation of a trained jaxac run.")
     parser.add_argument("run_dir", help="a run directory written by `python -m jaxac.run`")
-    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--episodes", type=positive_int, default=100,
+                        help="greedy episodes per trained agent (>= 1)")
     parser.add_argument("--seed", type=int, default=12345)
-    args = parser.parse_args(argv)
-    policy = load_policy(args.run_dir)
+    args = parser.parse_args(argv)  # exits 2 with the message on a bad argument
+    platform.set_up()  # before JAX starts
+    try:
+        policy = load_policy(args.run_dir)
+    except FileNotFoundError as missing:
+        parser.error(str(missing))
     returns = evaluate_seeds(policy.spec, policy.network.apply, policy.params, policy.obs_stats,
                              jax.random.PRNGKey(args.seed), args.episodes, policy.normalize_obs)
     print(json.dumps({"env": policy.spec.name, "episodes": args.episodes,

@@ -1,5 +1,6 @@
 """Invalid configuration fails before compilation with a message naming key, value and what's allowed."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,13 @@ BAD = [
     (["checkpoint_every=-1"], "checkpoint_every", "-1"),
     (["checkpoint_keep=0"], "checkpoint_keep", "0"),
     (["xla_cpu_threads=0"], "xla_cpu_threads", "0"),
+    (["+algo.lrr=0.5"], "algo.lrr", "algo.lr"),  # a typo added with +: the closest key named
+    (["+network.hidden=3"], "network.hidden", "network.hidden_sizes"),
+    (["+foo=1"], "foo", "a key of the schema"),
+    (["algo.eps=inf"], "algo.eps", "finite"),
+    (["algo.lr=nan"], "algo.lr", "nan"),
+    (["env.solve_threshold=-inf"], "env.solve_threshold", "finite"),
+    (["algo=a3c", "algo.entropy_coef={log_uniform:[1e-4,inf]}"], "algo.entropy_coef", "inf"),
 ]
 
 
@@ -101,15 +109,19 @@ def test_default_config_is_valid():
 
 
 @pytest.mark.slow
-def test_cli_reports_bad_value_without_traceback(tmp_path):
+@pytest.mark.parametrize("override,message", [("workers=0", "workers=0 is not allowed"),
+                                              ("+algo.lrr=0.5", "did you mean algo.lr")])
+def test_cli_reports_bad_value_without_traceback(tmp_path, override, message):
     out = subprocess.run(
-        [sys.executable, "-m", "jaxac.run", "workers=0", f"hydra.run.dir={tmp_path}/run"],
+        [sys.executable, "-m", "jaxac.run", override, f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
     assert out.returncode == 2
     text = out.stdout + out.stderr
-    assert "workers=0 is not allowed" in text and "Traceback" not in text
+    assert message in text and "Traceback" not in text
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    failure = json.loads((tmp_path / "run" / "failure.json").read_text())
+    assert failure["kind"] == "config_error" and failure["key"] == override.lstrip("+").split("=")[0]
 
 
 @pytest.mark.slow
@@ -127,3 +139,18 @@ def test_cli_reports_unknown_key(tmp_path):
         [sys.executable, "-m", "jaxac.run", "wrokers=4", f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "wrokers" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--episodes", "0"], "0 is not allowed: a whole number >= 1"),
+    (["--episodes", "-3"], "-3 is not allowed"),
+    (["--episodes", "x"], "'x' is not a whole number"),
+    ([], "is not a finished jaxac run"),
+])
+def test_evaluate_refuses_bad_arguments_with_a_message(tmp_path, capsys, args, message):
+    from jaxac.evaluate import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path / "missing"), *args])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
