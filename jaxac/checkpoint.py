@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from jaxac.config import require
 from jaxac.envs import EnvSpec, make_env
-from jaxac.metrics import write_json
+from jaxac.metrics import json_safe, write_json
 from jaxac.networks import ActorCritic, make_network
 from jaxac.normalization import ObsStats, init_obs_stats
 
@@ -130,31 +130,69 @@ def _state_files(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+# What a checkpoint was trained with and must be resumed with: the batch, the algorithm, the
+# environment and the network (the shapes of everything it holds).
+IDENTITY_KEYS = ("algo.name", "env.name", "env.normalize_obs", "workers", "seeds",
+                 "rollout_length", "algo.envs_per_worker", "network.torso",
+                 "network.hidden_sizes", "network.activation", "network.conv_channels",
+                 "network.conv_dense")
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """The IDENTITY_KEYS of a run's config (None where a key does not apply)."""
+    return {key: json_safe(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+            for key in IDENTITY_KEYS
+            for value in [OmegaConf.select(cfg, key, default=None)]}
+
+
+def _digest(payload: bytes, meta: dict) -> str:
+    """SHA-256 of the payload and of the metadata (all but the digest itself), canonically."""
+    fields = {k: v for k, v in meta.items() if k != "sha256"}
+    text = json.dumps(json_safe(fields), sort_keys=True).encode()
+    return hashlib.sha256(payload + b"\0" + text).hexdigest()
+
+
 def find_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
     """The newest training checkpoint that is complete and intact, or None.
 
-    A checkpoint counts once its metadata exists (it is written after the payload) and the
-    payload's SHA-256 matches the one recorded there; others are skipped with a warning.
+    A checkpoint counts once its metadata exists (it is written after the payload), is a JSON
+    object, and the SHA-256 recorded there matches the payload and the metadata (format 1, before
+    the metadata was covered: the payload alone); others are skipped with a warning.
     """
     for _, meta_path in _state_files(Path(run_dir)):
         payload_path = meta_path.with_suffix(".msgpack")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            digest = hashlib.sha256(payload_path.read_bytes()).hexdigest()
+            payload = payload_path.read_bytes()
         except (OSError, ValueError) as error:
             log.warning(f"skipping checkpoint {meta_path.name}: unreadable ({error})")
             continue
-        if digest != meta.get("sha256"):
-            log.warning(f"skipping checkpoint {payload_path.name}: its contents do not match the "
-                        "checksum recorded when it was written (corrupt or partly written)")
+        if not isinstance(meta, dict) or not isinstance(meta.get("env_steps"), int):
+            log.warning(f"skipping checkpoint {meta_path.name}: its metadata is not a checkpoint's "
+                        "(a JSON object with env_steps)")
+            continue
+        expected = (hashlib.sha256(payload).hexdigest() if meta.get("format") == 1
+                    else _digest(payload, meta))
+        if expected != meta.get("sha256"):
+            log.warning(f"skipping checkpoint {payload_path.name}: its contents or metadata do not "
+                        "match the checksum recorded when it was written (corrupt, edited or "
+                        "partly written)")
             continue
         return CheckpointInfo(payload_path, meta)
     return None
 
 
 def load_checkpoint(info: CheckpointInfo, target: Any) -> Any:
-    """The training state stored in `info`, in the structure of `target`."""
-    return load_tree(info.payload_path, target)
+    """The training state stored in `info`, in the structure of `target`; CheckpointError if
+    any array's shape differs from the target's (a checkpoint of another batch or network)."""
+    restored = load_tree(info.payload_path, target)
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(target),
+                                 jax.tree.leaves(restored)):
+        if jnp.shape(want) != jnp.shape(got):
+            raise CheckpointError(
+                f"{info.payload_path} holds {jax.tree_util.keystr(path)} of shape "
+                f"{jnp.shape(got)} where this run's config needs {jnp.shape(want)}")
+    return restored
 
 
 class Checkpointer:
@@ -165,9 +203,11 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str | os.PathLike, every: int, keep: int,
-                 resume_from: CheckpointInfo | None = None):
+                 resume_from: CheckpointInfo | None = None, identity: dict | None = None):
+        """`identity`: the run's `run_identity`, stored with every checkpoint and checked on
+        resume."""
         self.run_dir, self.every, self.keep = Path(run_dir), int(every), max(1, int(keep))
-        self.resume_from = resume_from
+        self.resume_from, self.identity = resume_from, identity
         self.last_env_steps = resume_from.env_steps if resume_from else None
         self._next = self._next_after(self.last_env_steps or 0)
         if resume_from is not None:
@@ -194,9 +234,9 @@ class Checkpointer:
         env_steps = int(meta["env_steps"])
         base = self.run_dir / CHECKPOINT_DIR / f"state-{env_steps:012d}"
         payload = save_tree(base.with_suffix(".msgpack"), tree)
+        meta = json_safe({**meta, "run": self.identity, "format": 2})
         # The metadata goes last: a checkpoint without it is incomplete and never loaded.
-        write_json(base.with_suffix(".json"),
-                   {**meta, "sha256": hashlib.sha256(payload).hexdigest(), "format": 1})
+        write_json(base.with_suffix(".json"), {**meta, "sha256": _digest(payload, meta)})
         self.last_env_steps = env_steps
         self._next = self._next_after(env_steps)
         for _, old in _state_files(self.run_dir)[self.keep:]:
@@ -241,5 +281,10 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
         OmegaConf.update(cfg, key, value)
     require(cfg.total_steps >= checkpoint.env_steps, "total_steps", cfg.total_steps,
              f"at least the {checkpoint.env_steps:,} env steps of the checkpoint it resumes from")
+    held = checkpoint.meta.get("run") or {}  # absent before checkpoints recorded it
+    for key, value in run_identity(cfg).items():
+        require(key not in held or held[key] == value, key, value,
+                f"{held.get(key)!r}, what the checkpoint {checkpoint.payload_path.name} was "
+                f"trained with ({saved} says otherwise: was it edited?)")
     cfg.resume = str(run_dir)
     return cfg

@@ -24,7 +24,7 @@ log = logging.getLogger("jaxac")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "hydra-core", "numpy")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Plain JSON values: NumPy scalars and arrays become Python ones, and non-finite floats
     become null (strict JSON has no NaN or infinity)."""
     if isinstance(value, (np.generic, np.ndarray)):
@@ -32,9 +32,9 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -49,7 +49,7 @@ class MetricsWriter:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
         self.lines += 1
 
@@ -104,7 +104,7 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write `data` as JSON atomically (temporary file, then rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from jaxac import a2c, a3c, loop
 from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
-from jaxac.checkpoint import (Checkpointer, find_checkpoint, network_from_config, resume_config,
-                              save_policy)
+from jaxac.checkpoint import (CheckpointError, Checkpointer, find_checkpoint, network_from_config,
+                              resume_config, run_identity, save_policy)
 from jaxac.config import (CONF_DIR, ConfigError, register_configs, validate,
                           validate_xla_cpu_threads)
 from jaxac import platform
@@ -92,7 +92,7 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
              f"xla_cpu_threads={platform.xla_cpu_threads() or 'one per core'}: {layout.reason}")
 
     checkpointer = Checkpointer(run_dir, int(cfg.checkpoint_every), int(cfg.checkpoint_keep),
-                                resume_from=checkpoint)
+                                resume_from=checkpoint, identity=run_identity(cfg))
     trainer = TRAINERS[cfg.algo.name](cfg, spec, network, devices)
     with MetricsWriter(run_dir) as writer, StopRequest() as stop:
         result = loop.train(trainer, writer, progress, stop, checkpointer, seed=int(cfg.seed),
@@ -258,6 +258,8 @@ def main(cfg: DictConfig) -> float | None:
             raise
         return fail(EXIT_CONFIG_ERROR, "config_error", f"configuration error: {error}",
                     key=error.key, value=str(error.value))
+    except CheckpointError as error:
+        return fail(EXIT_CONFIG_ERROR, "checkpoint_error", f"cannot resume: {error}")
     except a3c.WorkerFailed as failure:
         return fail(EXIT_WORKER_FAILED, "worker_failed",
                     f"{failure}\nThe other workers were stopped; metrics up to the failure are "

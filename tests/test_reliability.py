@@ -2,6 +2,7 @@
 
 import json
 import signal
+from pathlib import Path
 
 import flax.serialization
 import jax
@@ -16,7 +17,7 @@ from jaxac import a2c, loop
 from jaxac.analysis import read_metrics
 from jaxac.checkpoint import Checkpointer, find_checkpoint, load_checkpoint, load_policy
 from jaxac.config import compose_config
-from jaxac.envs import spec_from_env
+from jaxac.envs import make_env, spec_from_env
 from jaxac.metrics import MACHINE_DEPENDENT_FIELDS, MetricsWriter, Progress
 from jaxac.networks import make_network
 from jaxac.run import execute
@@ -163,6 +164,63 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
     assert newest.env_steps == 8000
     newest.payload_path.with_suffix(".json").write_text('{"env_steps": 80')  # torn metadata
     assert find_checkpoint(tmp_path).env_steps == 4000
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A finished A2C run with two checkpoints (4000 and 8000 env steps)."""
+    run_dir = tmp_path_factory.mktemp("short_run")
+    execute(compose_config(["total_steps=8000", "log_interval=4000", "checkpoint_every=4000",
+                            "eval_episodes=0"]), run_dir)
+    return run_dir
+
+
+def copy_of(run_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("edit", ["counters", "not-an-object", "env_steps-not-a-number"])
+def test_edited_checkpoint_metadata_falls_back_to_the_previous_checkpoint(short_run, tmp_path,
+                                                                          edit):
+    run_dir = copy_of(short_run, tmp_path)
+    meta_path = find_checkpoint(run_dir).payload_path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    if edit == "counters":  # the checksum covers the metadata: a changed counter is caught
+        meta["metrics_lines"] += 1
+        meta_path.write_text(json.dumps(meta))
+    elif edit == "not-an-object":
+        meta_path.write_text("[1, 2, 3]")
+    else:
+        meta["env_steps"] = "8000"
+        meta_path.write_text(json.dumps(meta))
+    assert find_checkpoint(run_dir).env_steps == 4000
+
+
+def test_a_config_edited_against_its_checkpoint_is_refused(short_run, tmp_path):
+    from jaxac.checkpoint import resume_config
+    from jaxac.config import ConfigError
+
+    run_dir = copy_of(short_run, tmp_path)
+    saved = run_dir / ".hydra" / "config.yaml"
+    before = saved.read_text()
+    saved.write_text(before.replace("workers: 8", "workers: 16"))
+    with pytest.raises(ConfigError) as refused:
+        resume_config(str(run_dir), ["total_steps=16000"])
+    assert refused.value.key == "workers" and refused.value.value == 16
+    assert "8" in str(refused.value) and "edited" in str(refused.value)
+
+
+def test_a_checkpoint_of_another_shape_is_refused_when_loaded(short_run):
+    from jaxac.checkpoint import CheckpointError
+
+    cfg = compose_config(["workers=16"])
+    spec = make_env(cfg.env.name)
+    target = jax.device_get(a2c.build_learner(cfg, spec, make_network(spec),
+                                              jax.devices()).init_state(0))
+    with pytest.raises(CheckpointError, match=r"of shape \(1, 8"):
+        load_checkpoint(find_checkpoint(short_run), target)
 
 
 # ----- divergence guard -------------------------------------------------------------------------
