@@ -11,14 +11,17 @@ A *sweep directory* holds one run directory per job. `load_results(paths)` takes
 Config columns: `algo`, `env`, `workers`, `rollout_length`, `seed`, `total_steps`, plus every key
 that any of the loaded runs overrode on the command line or swept (dotted, e.g. `algo.lr`), plus
 `job_dir`. Runs that are still going, were killed or failed load too: a partial last line in
-`metrics.jsonl` is skipped, and `status` says what became of each run.
+`metrics.jsonl` is skipped, and `status` says what became of each run. A file that cannot be read
+costs only its own run's figures: `runs["problems"]` (and `Results.problems`) says which file and
+line, and `runs["duplicated_log_points"]` counts log points logged twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,6 +30,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from jaxac.metrics import METRICS_FILE
+
+log = logging.getLogger("jaxac")
 
 BASE_COLUMNS = ("algo", "env", "workers", "rollout_length", "seed", "total_steps")
 STATUSES = ("completed", "interrupted", "diverged", "failed", "running or killed")
@@ -81,27 +86,57 @@ class Results:
     runs: pd.DataFrame  # one row per run
     config_columns: list[str]  # the config columns both frames carry (job_dir last)
     swept_columns: list[str]  # the config columns whose value differs between runs
+    # job_dir -> what could not be read there (file and line), for the runs with problems
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _read(run_dir: Path, problems: list[str]) -> tuple[dict, list[str], pd.DataFrame]:
+    """(flat config, overridden keys, metrics) of one run; what cannot be read is noted in
+    `problems` instead of raised."""
+    try:
+        flat, keys = _run_config(run_dir)
+    except Exception as error:  # noqa: BLE001 - any unreadable config costs only this run
+        problems.append(f"{run_dir / '.hydra' / 'config.yaml'}: {error}")
+        flat, keys = {}, []
+    try:
+        metrics = read_metrics(run_dir)
+    except (OSError, ValueError) as error:
+        problems.append(str(error))
+        metrics = pd.DataFrame()
+    return flat, keys, metrics
 
 
 def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Results:
-    """Load every run at or below `paths` into a tidy metrics frame and a per-run frame."""
+    """Load every run at or below `paths` into a tidy metrics frame and a per-run frame; a run
+    whose files cannot be read loads with what can, and says what could not."""
     run_dirs = find_run_dirs(paths)
-    configs = [_run_config(d) for d in run_dirs]
-    overridden = sorted({k for _, keys in configs for k in keys} - set(BASE_COLUMNS))
+    problems: dict[str, list[str]] = {str(d): [] for d in run_dirs}
+    read = [_read(d, problems[str(d)]) for d in run_dirs]
+    overridden = sorted({k for _, keys, _ in read for k in keys} - set(BASE_COLUMNS))
     columns = list(BASE_COLUMNS) + overridden
     metric_frames, run_rows = [], []
-    for run_dir, (flat, _) in zip(run_dirs, configs):
+    for run_dir, (flat, _, metrics) in zip(run_dirs, read):
         config = {c: flat.get(c) for c in columns} | {"job_dir": str(run_dir)}
-        metrics = read_metrics(run_dir)
+        noted = problems[str(run_dir)]
+        duplicated = 0
+        if len(metrics) and {"seed_index", "env_steps"} <= set(metrics):
+            duplicated = int(metrics.duplicated(["seed_index", "env_steps"]).sum())
+            if duplicated:
+                noted.append(f"{run_dir / METRICS_FILE}: {duplicated} log point(s) logged twice")
         if len(metrics):
             metric_frames.append(metrics.assign(**config))
-        run_rows.append({**config, **_run_record(run_dir, metrics)})
+        record = _run_record(run_dir, metrics, noted)
+        run_rows.append({**config, **record, "duplicated_log_points": duplicated,
+                         "problems": "; ".join(noted) or None})
+    problems = {d: p for d, p in problems.items() if p}
+    for job_dir, noted in problems.items():
+        log.warning(f"{job_dir}: " + "; ".join(noted))
     config_columns = columns + ["job_dir"]
     runs = pd.DataFrame.from_records(run_rows)
     metrics = (pd.concat(metric_frames, ignore_index=True) if metric_frames
                else pd.DataFrame(columns=config_columns))
     swept = [c for c in columns if runs[c].astype(str).nunique() > 1]
-    return Results(metrics, runs, config_columns, swept)
+    return Results(metrics, runs, config_columns, swept, problems)
 
 
 def _run_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
@@ -134,20 +169,50 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in flat.items()}
 
 
-def _run_record(run_dir: Path, metrics: pd.DataFrame) -> dict[str, Any]:
+def _json_file(path: Path, problems: list[str]) -> dict | None:
+    """The JSON object in `path`, or None if it is absent or unreadable (noted in `problems`)."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        problems.append(f"{path}: not readable as JSON ({error})")
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{path}: not a JSON object")
+        return None
+    return value
+
+
+def _run_record(run_dir: Path, metrics: pd.DataFrame, problems: list[str]) -> dict[str, Any]:
     """Status and headline figures of one run, from its summary (or failure, or metrics)."""
-    summary_path, failure_path = run_dir / "summary.json", run_dir / "failure.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    failure = json.loads(failure_path.read_text()) if failure_path.exists() else None
+    summary = _json_file(run_dir / "summary.json", problems)
+    failure = _json_file(run_dir / "failure.json", problems)
+    usable = len(metrics) and {"seed_index", "env_steps", "return_last100"} <= set(metrics)
+    if len(metrics) and not usable:
+        problems.append(f"{run_dir / METRICS_FILE}: lines without the fields of a metric record")
+    metrics = metrics if usable else pd.DataFrame()
     last = metrics.groupby("seed_index").tail(1) if len(metrics) else None
+    figures: dict[str, Any] = {}
+    if summary is not None:
+        try:
+            figures = _summary_figures(summary, metrics)
+        except (KeyError, TypeError, ValueError) as error:
+            problems.append(f"{run_dir / 'summary.json'}: not a jaxac summary ({error!r} "
+                            "missing or malformed)")
+            summary = None
     record: dict[str, Any] = {
         "status": _status(summary, failure),
-        "error": failure["message"] if failure else None,
+        "error": failure.get("message") if failure else None,
         "env_steps": int(metrics["env_steps"].max()) if len(metrics) else 0,
         "return_last100": _mean(last["return_last100"]) if last is not None else np.nan,
     }
-    if summary is None:
-        return record
+    return {**record, **figures}
+
+
+def _summary_figures(summary: dict, metrics: pd.DataFrame) -> dict[str, Any]:
+    """The headline figures of a summary.json (KeyError or TypeError if it is not one)."""
+    record: dict[str, Any] = {"interrupted": bool(summary["interrupted"])}
     solved = summary["solved"]
     seeds_steps = [np.nan if s is None else s for s in solved["env_steps"]]
     seeds_wall = [np.nan if s is None else s for s in solved["wall_seconds"]]

@@ -118,7 +118,11 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
                          "xla_cpu_threads": platform.xla_cpu_threads(),
                          "automatic": layout.automatic, "reason": layout.reason}
     write_json(run_dir / "summary.json", summary)
-    metrics = read_metrics(run_dir)
+    try:
+        metrics = read_metrics(run_dir)
+    except ValueError as unreadable:  # an edited or damaged metrics.jsonl: no plot, the rest kept
+        log.warning(f"no learning curve plotted: {unreadable}")
+        metrics = []
     if len(metrics):
         figure = plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}", threshold,
                                      run_dir / "learning_curve.png")

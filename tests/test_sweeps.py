@@ -1,6 +1,8 @@
 """Sweeps: the preset study, launchers, failing jobs, loading results and the analysis notebook."""
 
 import json
+
+import pandas as pd
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +202,42 @@ def test_a_killed_run_loads_with_its_status(tmp_path):
     [run] = results.runs.to_dict("records")
     assert run["status"] == "running or killed" and run["env_steps"] == 6000
     assert list(results.metrics["env_steps"]) == [2000, 4000, 6000]
+
+
+def _fake_run(run_dir, seed, lines, summary=None):
+    """A run directory with a saved config, the given metrics.jsonl lines and summary text."""
+    from omegaconf import OmegaConf
+
+    from jaxac.config import compose_config
+
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config([f"seed={seed}"]), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    if summary is not None:
+        (run_dir / "summary.json").write_text(summary)
+
+
+def _point(steps, seed_index=0):
+    return json.dumps({"seed_index": seed_index, "env_steps": steps, "return_last100": 10.0,
+                       "episode_return_mean": 9.0})
+
+
+def test_one_unreadable_run_does_not_stop_a_sweep_from_loading(tmp_path):
+    _fake_run(tmp_path / "good", 0, [_point(100), _point(200)])
+    _fake_run(tmp_path / "corrupt", 1, [_point(100), '{"env_st', _point(300)])
+    _fake_run(tmp_path / "twice", 2, [_point(100), _point(200), _point(200)])
+    _fake_run(tmp_path / "badsummary", 3, [_point(100)], summary="[1, 2]")
+    _fake_run(tmp_path / "oddsummary", 4, [_point(100)], summary='{"env_steps": 5}')
+    results = load_results(tmp_path)
+    runs = results.runs.set_index("seed")
+    assert len(runs) == 5 and sorted(results.metrics.seed.unique()) == [0, 2, 3, 4]
+    assert results.runs.problems.isna().sum() == 1 and pd.isna(runs.loc[0, "problems"])
+    assert runs.loc[0, "env_steps"] == 200
+    # the file and the line of what could not be read
+    assert "corrupt/metrics.jsonl" in runs.loc[1, "problems"]
+    assert "line 2" in runs.loc[1, "problems"]
+    assert runs.loc[2, "duplicated_log_points"] == 1 and "logged twice" in runs.loc[2, "problems"]
+    assert "badsummary/summary.json: not a JSON object" in runs.loc[3, "problems"]
+    assert "oddsummary/summary.json: not a jaxac summary" in runs.loc[4, "problems"]
+    assert set(results.problems) == {str(tmp_path / n) for n in
+                                     ("corrupt", "twice", "badsummary", "oddsummary")}
