@@ -1,13 +1,12 @@
 """Sweeps: the preset study, launchers, failing jobs, loading results and the analysis notebook."""
 
 import json
-
-import pandas as pd
 import subprocess
 import sys
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 import pytest
 
 from jaxac import plots
