@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from jaxac.config import require
 from jaxac.envs import EnvSpec, make_env
-from jaxac.metrics import json_safe, write_json
+from jaxac.metrics import json_safe, temporary_path, write_json
 from jaxac.networks import ActorCritic, make_network
 from jaxac.normalization import ObsStats, init_obs_stats
 
@@ -45,7 +46,7 @@ def save_tree(path: str | os.PathLike, tree: Any) -> bytes:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = serialization.to_bytes(jax.device_get(tree))
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     with open(tmp, "wb") as f:
         f.write(payload)
         f.flush()
@@ -208,6 +209,8 @@ class Checkpointer:
         resume."""
         self.run_dir, self.every, self.keep = Path(run_dir), int(every), max(1, int(keep))
         self.resume_from, self.identity = resume_from, identity
+        # which checkpoints are this run's (the only ones retention may delete): kept on resume
+        self.run_id = (resume_from.meta.get("run_id") if resume_from else None) or uuid.uuid4().hex
         self.last_env_steps = resume_from.env_steps if resume_from else None
         self._next = self._next_after(self.last_env_steps or 0)
         if resume_from is not None:
@@ -225,6 +228,13 @@ class Checkpointer:
     def _next_after(self, env_steps: int) -> float:
         return (env_steps // self.every + 1) * self.every if self.every > 0 else float("inf")
 
+    def _written_by_this_run(self, meta_path: Path) -> bool:
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and meta.get("run_id") == self.run_id
+
     def due(self, env_steps: int) -> bool:
         """Whether a periodic checkpoint is due at this log point."""
         return env_steps >= self._next
@@ -234,14 +244,15 @@ class Checkpointer:
         env_steps = int(meta["env_steps"])
         base = self.run_dir / CHECKPOINT_DIR / f"state-{env_steps:012d}"
         payload = save_tree(base.with_suffix(".msgpack"), tree)
-        meta = json_safe({**meta, "run": self.identity, "format": 2})
+        meta = json_safe({**meta, "run": self.identity, "run_id": self.run_id, "format": 2})
         # The metadata goes last: a checkpoint without it is incomplete and never loaded.
         write_json(base.with_suffix(".json"), {**meta, "sha256": _digest(payload, meta)})
         self.last_env_steps = env_steps
         self._next = self._next_after(env_steps)
         for _, old in _state_files(self.run_dir)[self.keep:]:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".msgpack").unlink(missing_ok=True)
+            if self._written_by_this_run(old):
+                old.unlink(missing_ok=True)
+                old.with_suffix(".msgpack").unlink(missing_ok=True)
         return base.with_suffix(".msgpack")
 
 

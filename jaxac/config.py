@@ -210,7 +210,7 @@ def _floats(value: Any) -> list[float]:
 def validate(cfg: DictConfig, available_devices: int) -> None:
     """Check every key and every value that the schema's types cannot; raise ConfigError on the
     first bad one."""
-    from jaxac.envs import env_names, unknown_env_message
+    from jaxac.envs import env_names, make_env, unknown_env_message
 
     algo = cfg.algo
     require(algo.name in ALGOS, "algo", algo.name, f"one of {', '.join(ALGOS)}")
@@ -251,9 +251,12 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     require(len(cfg.network.hidden_sizes) >= 1 and min(cfg.network.hidden_sizes) >= 1,
              "network.hidden_sizes", list(cfg.network.hidden_sizes),
              "a non-empty list of positive layer widths")
+    if cfg.network.torso == "conv":
+        shape = make_env(cfg.env.name).obs_shape
+        require(len(shape) == 3, "network.torso", cfg.network.torso,
+                f"mlp or auto for {cfg.env.name}, whose observations have shape {shape}: the "
+                "conv torso needs images (height, width, channels)")
     if cfg.network.log_std_init is not None:
-        from jaxac.envs import make_env
-
         require(not make_env(cfg.env.name).discrete, "network.log_std_init",
                  cfg.network.log_std_init, f"unset (null) for {cfg.env.name}, whose actions are "
                  "discrete: it sets the Gaussian policy of continuous-action environments")

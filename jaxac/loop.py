@@ -8,13 +8,48 @@ interface below; everything both need to do around it is here, once.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
 from jaxac.checkpoint import Checkpointer, CheckpointInfo
 from jaxac.metrics import MetricsWriter, Progress, mean_or_none, resident_memory_mb
 from jaxac.results import Divergence, MetricRow, TrainResult
 from jaxac.signals import StopRequest
+
+log = logging.getLogger("jaxac")
+
+
+class FinalWriteFailed(OSError):
+    """The final checkpoint could not be written into the run directory; `rescued` is where
+    the trained state was saved instead (None if nowhere: the newest periodic checkpoint is
+    then the last one kept)."""
+
+    def __init__(self, error: OSError, rescued: Path | None, last_periodic: int | None):
+        self.error, self.rescued = error, rescued
+        newest = "none" if last_periodic is None else f"env step {last_periodic:,}"
+        kept = (f"the trained state was saved to {rescued}/checkpoint instead (copy it into the "
+                "run directory's checkpoint/ to resume from it)" if rescued
+                else "it could not be saved anywhere else either; the newest periodic "
+                f"checkpoint ({newest}) is kept")
+        super().__init__(f"the final checkpoint could not be written ({error}); {kept}")
+
+
+def rescue(tree: Any, meta: dict, checkpointer: Checkpointer) -> Path | None:
+    """Save a final checkpoint that could not go into the run directory into a fresh folder of
+    the system's temporary directory; that folder, or None if it failed too."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"jaxac-rescued-{os.getpid()}-"))
+        elsewhere = Checkpointer(folder, 0, checkpointer.keep, identity=checkpointer.identity)
+        elsewhere.run_id = checkpointer.run_id  # the same run's checkpoint, only elsewhere
+        elsewhere.save(tree, meta)
+        return folder
+    except OSError as error:
+        log.error(f"could not rescue the final checkpoint either: {error}")
+        return None
 
 
 class Trainer(Protocol):
@@ -115,7 +150,7 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
     compile_seconds = trainer.compile()
     last = {"time": time.perf_counter(), "steps": trainer.env_steps}
 
-    def log(rows: list[MetricRow]) -> None:
+    def record(rows: list[MetricRow]) -> None:
         now = time.perf_counter()
         steps = rows[0].env_steps
         rate = (steps - last["steps"]) * trainer.seeds / max(now - last["time"], 1e-9)
@@ -133,10 +168,18 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
                         mean_or_none(r.return_last100 for r in rows), force=trainer.finished)
         last.update(time=now, steps=steps)
 
-    def save() -> None:
+    def save(final: bool = False) -> None:
         tree, meta = trainer.checkpoint()
-        checkpointer.save(tree, {"env_steps": trainer.env_steps, "metrics_lines": writer.lines,
-                                 **clock.state(), **meta})
+        meta = {"env_steps": trainer.env_steps, "metrics_lines": writer.lines, **clock.state(),
+                **meta}
+        try:
+            checkpointer.save(tree, meta)
+        except OSError as error:
+            if not final:  # a periodic one: the next one, or the final, may still succeed
+                log.error(f"periodic checkpoint not written ({error}); training goes on")
+                return
+            raise FinalWriteFailed(error, rescue(tree, meta, checkpointer),
+                                   checkpointer.last_env_steps) from error
 
     divergence = None
     trainer.start()
@@ -147,7 +190,7 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
             with trainer.paused() if due else contextlib.nullcontext(False) as consistent:
                 rows = trainer.log_rows()
                 if rows:
-                    log(rows)
+                    record(rows)
                 divergence = trainer.divergence()
                 if divergence is not None:
                     break
@@ -159,7 +202,7 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
         trainer.stop()
     rows = trainer.log_rows()  # what the last log point missed (A3C's final rollouts)
     if rows:
-        log(rows)
+        record(rows)
     failure = trainer.failure()
     if failure is not None:
         raise failure
@@ -167,7 +210,7 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
     if divergence is not None:
         divergence.last_checkpoint_env_steps = checkpointer.last_env_steps
     else:
-        save()  # the final (or interrupted) state, to resume or extend from
+        save(final=True)  # the final (or interrupted) state, to resume or extend from
     params, obs_stats = trainer.policy()
     return TrainResult(params, obs_stats, trainer.env_steps, compile_seconds, clock.seconds(),
                        clock.rates, clock.solved_env_steps, clock.solved_wall_seconds,

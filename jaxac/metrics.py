@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -88,10 +89,16 @@ def truncate_metrics(run_dir: str | os.PathLike, keep_lines: int) -> Path | None
     while (aside := path.with_name(f"metrics.after-checkpoint-{n}.jsonl")).exists():
         n += 1
     aside.write_text("".join(lines[keep_lines:]), encoding="utf-8")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     tmp.write_text("".join(lines[:keep_lines]), encoding="utf-8")
     os.replace(tmp, path)
     return aside
+
+
+def temporary_path(path: Path) -> Path:
+    """A temporary file beside `path`, unique to this process and thread: written whole, then
+    renamed over `path`, so two writers never share one."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def mean_or_none(values) -> float | None:
@@ -103,7 +110,7 @@ def mean_or_none(values) -> float | None:
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write `data` as JSON atomically (temporary file, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 

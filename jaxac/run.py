@@ -4,10 +4,12 @@ Validates the configuration, trains with the trainer `algo` names, then writes i
 directory: `metrics.jsonl`, `summary.json`, `learning_curve.png`, `checkpoint/policy.msgpack` and
 the training checkpoints `checkpoint/state-*`. `resume=RUN_DIR` continues a run in its directory.
 
-Exit status: 0 done, 1 an A3C worker failed, 2 invalid configuration, 3 training diverged
-(non-finite loss, gradient or parameters), 130 interrupted (SIGINT/SIGTERM). A failed run writes
-`failure.json`. In a sweep (`-m`) a failed job is recorded as failed, the other jobs still run,
-and the sweep exits with status 1.
+Exit status: 0 done, 1 an A3C worker failed, 2 invalid configuration (Hydra's own type and key
+errors too), 3 training diverged (non-finite loss, gradient or parameters), 4 a write failed (the
+trained parameters are rescued where the message says), 5 an internal error (with its
+traceback), 130 interrupted (SIGINT/SIGTERM). A failed run writes `failure.json`. In a sweep
+(`-m`) a failed job is recorded as failed, the other jobs still run, and the sweep exits with
+status 1.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac import a2c, a3c, loop
+from jaxac import a2c, a3c, loop, rundir
 from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import (CheckpointError, Checkpointer, find_checkpoint, network_from_config,
@@ -49,10 +51,24 @@ EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_WORKER_FAILED = 1
 EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 4
+EXIT_INTERNAL_ERROR = 5
 
 
 def execute(cfg: DictConfig, run_dir: str | Path | None,
             overrides: list[str] = ()) -> dict[str, Any]:
+    """Train, evaluate and record one run into `run_dir` (see `_execute`), holding the run
+    directory for the run's whole life (`jaxac.rundir`)."""
+    held = cfg.get("resume") or run_dir
+    try:
+        return _execute(cfg, run_dir, overrides)
+    finally:
+        if held is not None:
+            rundir.release(held)
+
+
+def _execute(cfg: DictConfig, run_dir: str | Path | None,
+             overrides: list[str] = ()) -> dict[str, Any]:
     """Train, evaluate and record one run into `run_dir`; returns the summary it wrote.
 
     With `cfg.resume` set, continues that run in its own directory (`run_dir` is ignored) from its
@@ -62,9 +78,14 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
     """
     checkpoint = None
     if cfg.get("resume"):
+        rundir.check_resume_path(cfg.resume)
+        rundir.lock(cfg.resume, "resume")  # before the resume reads what it continues
         cfg = resume_config(cfg.resume, overrides)
         run_dir = cfg.resume
         checkpoint = find_checkpoint(run_dir)
+    else:
+        rundir.check_name("env.name", cfg.env.name)
+        rundir.claim_fresh(run_dir)
     layout = set_up_platform(cfg)  # before anything starts JAX
     validate(cfg, len(jax.devices()))
     use_compilation_cache(cfg.compilation_cache_dir)
@@ -94,39 +115,46 @@ def execute(cfg: DictConfig, run_dir: str | Path | None,
     checkpointer = Checkpointer(run_dir, int(cfg.checkpoint_every), int(cfg.checkpoint_keep),
                                 resume_from=checkpoint, identity=run_identity(cfg))
     trainer = TRAINERS[cfg.algo.name](cfg, spec, network, devices)
-    with MetricsWriter(run_dir) as writer, StopRequest() as stop:
-        result = loop.train(trainer, writer, progress, stop, checkpointer, seed=int(cfg.seed),
-                            log_interval=int(cfg.log_interval),
-                            stop_when_solved=bool(cfg.stop_when_solved))
-    if result.interrupted:
-        log.warning(f"stopping on {stop.signal_name}: checkpoint written at env step "
-                    f"{result.env_steps:,}; writing the evaluation and summary of what was "
-                    f"trained so far. Continue with: python -m jaxac.run resume={run_dir}")
-    if result.diverged is not None:
-        log.error(result.diverged.message())
-    else:  # a diverged policy is not worth saving or evaluating
-        save_policy(run_dir, result.params, result.obs_stats)
+    def aborted(name: str) -> None:
+        if checkpoint is None:  # a resumed run's files stay as its last stop left them
+            record_failure(run_dir, "aborted", f"ended by a second {name}; metrics and the last "
+                           "periodic checkpoint kept", exit_code=EXIT_INTERRUPTED)
 
-    eval_returns = np.zeros((int(cfg.seeds), 0))
-    if cfg.eval_episodes > 0 and result.diverged is None:
-        eval_returns = evaluate_seeds(spec, network.apply, result.params, result.obs_stats,
-                                      jax.random.PRNGKey(int(cfg.seed) + 1_000_003),
-                                      int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
-    summary = build_summary(cfg, result, eval_returns, threshold,
-                            checkpoint.env_steps if checkpoint else None)
-    summary["layout"] = {"devices": [str(d) for d in devices],
-                         "xla_cpu_threads": platform.xla_cpu_threads(),
-                         "automatic": layout.automatic, "reason": layout.reason}
-    write_json(run_dir / "summary.json", summary)
-    try:
-        metrics = read_metrics(run_dir)
-    except ValueError as unreadable:  # an edited or damaged metrics.jsonl: no plot, the rest kept
-        log.warning(f"no learning curve plotted: {unreadable}")
-        metrics = []
-    if len(metrics):
-        figure = plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}", threshold,
-                                     run_dir / "learning_curve.png")
-        plt.close(figure)  # release it: a sweep runs many jobs in one process
+    # Until the summary is written, a second Ctrl-C ends the run within a second (signals.py).
+    with StopRequest(on_abort=aborted) as stop:
+        with MetricsWriter(run_dir) as writer:
+            result = loop.train(trainer, writer, progress, stop, checkpointer,
+                                seed=int(cfg.seed), log_interval=int(cfg.log_interval),
+                                stop_when_solved=bool(cfg.stop_when_solved))
+        if result.interrupted:
+            log.warning(f"stopping on {stop.signal_name}: checkpoint written at env step "
+                        f"{result.env_steps:,}; writing the evaluation and summary of what was "
+                        f"trained so far. Continue with: python -m jaxac.run resume={run_dir}")
+        if result.diverged is not None:
+            log.error(result.diverged.message())
+        else:  # a diverged policy is not worth saving or evaluating
+            save_policy(run_dir, result.params, result.obs_stats)
+
+        eval_returns = np.zeros((int(cfg.seeds), 0))
+        if cfg.eval_episodes > 0 and result.diverged is None:
+            eval_returns = evaluate_seeds(spec, network.apply, result.params, result.obs_stats,
+                                          jax.random.PRNGKey(int(cfg.seed) + 1_000_003),
+                                          int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
+        summary = build_summary(cfg, result, eval_returns, threshold,
+                                checkpoint.env_steps if checkpoint else None)
+        summary["layout"] = {"devices": [str(d) for d in devices],
+                             "xla_cpu_threads": platform.xla_cpu_threads(),
+                             "automatic": layout.automatic, "reason": layout.reason}
+        write_json(run_dir / "summary.json", summary)
+        try:
+            metrics = read_metrics(run_dir)
+        except ValueError as unreadable:  # a damaged metrics.jsonl: no plot, the rest kept
+            log.warning(f"no learning curve plotted: {unreadable}")
+            metrics = []
+        if len(metrics):
+            figure = plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}",
+                                         threshold, run_dir / "learning_curve.png")
+            plt.close(figure)  # release it: a sweep runs many jobs in one process
     ev, rate = summary["final_eval"], summary["steps_per_second_median"]
     outcome = "diverged" if result.diverged else "interrupted" if result.interrupted else "done"
     log.info(f"{outcome}: {result.env_steps:,} env steps per seed in {result.train_seconds:.1f} s "
@@ -246,9 +274,11 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = hydra_cfg.runtime.output_dir
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
 
-    def fail(exit_code: int, kind: str, message: str, **details: Any):
+    def fail(exit_code: int, kind: str, message: str, record: bool = True, **details: Any):
         log.error(message)
-        if not cfg.get("resume"):  # a failed resume leaves the resumed run's files as they were
+        # a failed resume leaves the resumed run's files as they were, and another run's
+        # directory is not written to
+        if record and not cfg.get("resume"):
             record_failure(run_dir, kind, message, exit_code=exit_code, **details)
         if in_sweep:
             raise JobFailed(f"{message}\n(job directory: {run_dir}; failure recorded in "
@@ -261,13 +291,32 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         return fail(EXIT_CONFIG_ERROR, "config_error", f"configuration error: {error}",
-                    key=error.key, value=str(error.value))
+                    record=not isinstance(error, rundir.NotThisRunsDirectory), key=error.key,
+                    value=str(error.value))
     except CheckpointError as error:
         return fail(EXIT_CONFIG_ERROR, "checkpoint_error", f"cannot resume: {error}")
     except a3c.WorkerFailed as failure:
         return fail(EXIT_WORKER_FAILED, "worker_failed",
                     f"{failure}\nThe other workers were stopped; metrics up to the failure are "
                     f"in {run_dir}/metrics.jsonl", worker=failure.worker)
+    except loop.FinalWriteFailed as failure:
+        return fail(EXIT_WRITE_FAILED, "write_failed", str(failure),
+                    rescued=str(failure.rescued) if failure.rescued else None)
+    except OSError as error:  # a write of the run's records failed
+        kept = find_checkpoint(run_dir)
+        where = (f"; the newest training checkpoint (env step {kept.env_steps:,}) holds the "
+                 f"trained state: {kept.payload_path}" if kept else "")
+        return fail(EXIT_WRITE_FAILED, "write_failed",
+                    f"could not write the run's records: {error}{where}")
+    except Exception as error:  # noqa: BLE001 - a genuine internal error: record it, show it
+        import traceback
+
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        trace = traceback.format_exc()
+        log.error(trace)
+        return fail(EXIT_INTERNAL_ERROR, "internal_error", f"internal error: {error!r}",
+                    traceback=trace)
     if summary["diverged"] is not None:
         return fail(EXIT_DIVERGED, "diverged", summary["diverged"]["message"],
                     **{k: v for k, v in summary["diverged"].items() if k != "message"})
@@ -280,5 +329,35 @@ def main(cfg: DictConfig) -> float | None:
     return summary["final_eval"]["return_mean"]
 
 
-if __name__ == "__main__":
+# Hydra's own composition errors: a value of the wrong type, an unknown key or group option.
+def _hydra_config_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+    from omegaconf.errors import ValidationError
+
+    return ConfigCompositionException, OverrideParseException, ValidationError
+
+
+def cli() -> None:
+    """`python -m jaxac.run`: Hydra's main, with Hydra's own configuration errors exiting 2 (as
+    jaxac's do) with one line, before anything is written."""
+    from hydra._internal import utils as hydra_utils
+
+    report = hydra_utils.run_and_report
+    errors = _hydra_config_errors()
+
+    def config_errors_exit_2(func):
+        try:
+            return func()
+        except errors as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            cause = f" ({error.__cause__})" if error.__cause__ else ""
+            print(f"configuration error: {error}{cause}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG_ERROR)
+
+    hydra_utils.run_and_report = lambda func: report(lambda: config_errors_exit_2(func))
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,154 @@
+"""A run directory belongs to one run: an exclusive lock for the run's whole life, a fresh run
+never reuses a directory that holds a run, and the paths a config names are checked before
+anything is written.
+
+The lock is an OS file lock (`fcntl.flock` on `RUN_DIR/.jaxac.lock`), so the kernel releases it
+when the process dies, SIGKILL included: a killed run leaves no stale lock. `python -m jaxac.run`
+checks and locks its directory from a Hydra callback (`OwnershipCallback`), before Hydra writes
+`.hydra/` or `run.log` into it; `run.execute` takes the same lock for runs started from Python.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from jaxac.config import ConfigError
+
+LOCK_FILE = ".jaxac.lock"
+# What a directory holds once a run has used it (Hydra's own files alone do not count).
+RUN_MARKERS = ("metrics.jsonl", "summary.json", "failure.json", "checkpoint")
+# Names that end up in directory names: letters, digits and . _ - only, and no "..".
+SAFE_NAME = re.compile(r"^(?!.*\.\.)[A-Za-z0-9._-]+$")
+
+_held: dict[Path, int] = {}  # run directory -> the open lock file of this process
+
+
+class NotThisRunsDirectory(ConfigError):
+    """The directory belongs to another run: nothing may be written into it."""
+
+
+class DirectoryInUse(NotThisRunsDirectory):
+    """Another process holds the run directory."""
+
+
+class DirectoryTaken(NotThisRunsDirectory):
+    """A fresh run was pointed at a directory that holds another run."""
+
+
+def holds_a_run(run_dir: str | os.PathLike) -> bool:
+    """Whether `run_dir` already holds (the records of) a run."""
+    return any((Path(run_dir) / marker).exists() for marker in RUN_MARKERS)
+
+
+def lock(run_dir: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """Hold `run_dir` for this process until it exits (idempotent). DirectoryInUse, naming the
+    directory and the holder's pid, if another process holds it."""
+    path = Path(run_dir).resolve()
+    if path in _held:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        raise DirectoryInUse(key, str(path), f"a directory no other process is using: process "
+                             f"{holder} holds it (a run in progress); wait for it, or use "
+                             "another directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[path] = fd  # kept open: closing it (or exiting) releases the lock
+
+
+def release(run_dir: str | os.PathLike) -> None:
+    """Let go of a directory this process holds (tests; a process's exit does it anyway)."""
+    fd = _held.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def check_resume_path(resume: str) -> None:
+    """ConfigError unless `resume` names a jaxac run directory (before anything is written)."""
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError("resume", resume, "the path of an existing run directory")
+    if not (path / ".hydra" / "config.yaml").exists():
+        raise ConfigError("resume", resume, "a jaxac run directory (one holding "
+                          ".hydra/config.yaml); nothing was written to it")
+
+
+def check_name(key: str, value: Any) -> None:
+    """ConfigError unless `value` is safe inside a directory name."""
+    if not SAFE_NAME.match(str(value)):
+        raise ConfigError(key, value, "a name of letters, digits, '.', '_' and '-' (it becomes "
+                          "part of a directory name)")
+
+
+def claim_fresh(run_dir: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """Lock `run_dir` for a fresh run; ConfigError if it already holds a run."""
+    if holds_a_run(run_dir):
+        raise DirectoryTaken(key, str(run_dir), "a directory that holds no run yet: this one has "
+                          "the records of another run (continue it with resume=, or choose a "
+                          "new directory)")
+    lock(run_dir, key)
+
+
+def refuse(error: ConfigError) -> None:
+    """Print a refusal before any write and exit 2 (an invalid configuration)."""
+    print(f"configuration error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_swept_values(config: DictConfig) -> None:
+    """ConfigError for a swept or overridden value that would take its job directory (named by
+    the overrides) out of the sweep directory."""
+    excluded = set(OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys")
+                   or [])
+    for override in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key, _, values = str(override).lstrip("+~").partition("=")
+        if key in excluded:
+            continue
+        if "/" in values or ".." in values or "\\" in values:
+            raise ConfigError(key, values, "values without '/', '\\' or '..' in a sweep: each "
+                              "job's directory is named by its values")
+
+
+class OwnershipCallback(Callback):
+    """Hydra callback: before Hydra writes anything, check the paths and names the config puts
+    into directory names, and claim the run directory (or the sweep directory)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_name("env.name", config.env.name)
+            resume = config.get("resume")
+            if resume:
+                check_resume_path(resume)
+                lock(resume, "resume")
+            else:
+                claim_fresh(OmegaConf.select(config, "hydra.run.dir"))
+        except ConfigError as error:
+            refuse(error)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_name("env.name", config.env.name)
+            check_swept_values(config)
+            sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir"))
+            if sweep_dir.exists() and any(holds_a_run(p) for p in sweep_dir.iterdir()
+                                          if p.is_dir()):
+                raise ConfigError("hydra.sweep.dir", str(sweep_dir), "a directory that holds "
+                                  "no sweep yet: its job directories hold another sweep's runs")
+        except ConfigError as error:
+            refuse(error)
