@@ -260,6 +260,7 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
         require(not make_env(cfg.env.name).discrete, "network.log_std_init",
                  cfg.network.log_std_init, f"unset (null) for {cfg.env.name}, whose actions are "
                  "discrete: it sets the Gaussian policy of continuous-action environments")
+    _check_memory(cfg, make_env(cfg.env.name).obs_shape)
     validate_xla_cpu_threads(cfg)
     if cfg.devices is not None:
         require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
@@ -273,6 +274,22 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
         require(cfg.workers % n_devices == 0, "workers", cfg.workers,
                  f"a multiple of the number of devices ({n_devices}), so the environment batch "
                  "splits evenly")
+
+
+def _check_memory(cfg: DictConfig, obs_shape: tuple[int, ...]) -> None:
+    """Refuse a batch whose estimated memory (`jaxac.resources`) will obviously not fit."""
+    from jaxac import resources
+
+    per_worker = int(cfg.algo.envs_per_worker) if cfg.algo.name == "a3c" else 1
+    net = cfg.network
+    need = resources.estimate_bytes(obs_shape, int(cfg.workers) * per_worker, int(cfg.seeds),
+                                    int(cfg.rollout_length), net.torso, list(net.hidden_sizes),
+                                    int(net.conv_channels), int(net.conv_dense))
+    have = resources.available_bytes()
+    require(have is None or need <= resources.MOST_OF_AVAILABLE * have, "workers", cfg.workers,
+            f"a batch that fits in memory: workers x seeds x rollout_length environment steps "
+            f"need about {resources.gib(need)} per update (an estimate made before compiling), "
+            f"and this machine has {resources.gib(have or 0)} available")
 
 
 def validate_xla_cpu_threads(cfg: DictConfig) -> None:

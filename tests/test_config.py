@@ -39,6 +39,8 @@ BAD = [
     (["algo.lr=nan"], "algo.lr", "nan"),
     (["env.solve_threshold=-inf"], "env.solve_threshold", "finite"),
     (["algo=a3c", "algo.entropy_coef={log_uniform:[1e-4,inf]}"], "algo.entropy_coef", "inf"),
+    (["workers=1000000000", "total_steps=10000000000"], "workers", "GiB per update"),
+    (["network.torso=conv"], "network.torso", "shape (4,)"),
 ]
 
 
