@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -261,6 +262,8 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
                  cfg.network.log_std_init, f"unset (null) for {cfg.env.name}, whose actions are "
                  "discrete: it sets the Gaussian policy of continuous-action environments")
     _check_memory(cfg, make_env(cfg.env.name).obs_shape)
+    if cfg.compilation_cache_dir is not None:
+        check_writable_dir("compilation_cache_dir", cfg.compilation_cache_dir)
     validate_xla_cpu_threads(cfg)
     if cfg.devices is not None:
         require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
@@ -274,6 +277,15 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
         require(cfg.workers % n_devices == 0, "workers", cfg.workers,
                  f"a multiple of the number of devices ({n_devices}), so the environment batch "
                  "splits evenly")
+
+
+def check_writable_dir(key: str, value: str) -> None:
+    """ConfigError unless `value` is a directory this process can write to, or can create."""
+    path = Path(value).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    require(existing.is_dir(), key, value, f"a directory path ({existing} is a file)")
+    require(os.access(existing, os.W_OK | os.X_OK), key, value,
+            f"a directory this process may write to ({existing} is not writable)")
 
 
 def _check_memory(cfg: DictConfig, obs_shape: tuple[int, ...]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac.config import ConfigError
+from jaxac.config import ConfigError, check_writable_dir
 
 LOCK_FILE = ".jaxac.lock"
 # What a directory holds once a run has used it (Hydra's own files alone do not count).
@@ -97,7 +97,9 @@ def check_name(key: str, value: Any) -> None:
 
 
 def claim_fresh(run_dir: str | os.PathLike, key: str = "hydra.run.dir") -> None:
-    """Lock `run_dir` for a fresh run; ConfigError if it already holds a run."""
+    """Lock `run_dir` for a fresh run; ConfigError if it already holds a run, or cannot be a
+    directory this process writes to."""
+    check_writable_dir(key, str(run_dir))
     if holds_a_run(run_dir):
         raise DirectoryTaken(key, str(run_dir), "a directory that holds no run yet: this one has "
                           "the records of another run (continue it with resume=, or choose a "

@@ -156,3 +156,17 @@ def test_evaluate_refuses_bad_arguments_with_a_message(tmp_path, capsys, args, m
         main([str(tmp_path / "missing"), *args])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_directory_path_that_cannot_be_one_is_refused(tmp_path):
+    from jaxac import rundir
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for key, check in (("compilation_cache_dir",
+                        lambda p: validate(compose_config([f"compilation_cache_dir={p}"]), 1)),
+                       ("hydra.run.dir", rundir.claim_fresh)):
+        with pytest.raises(ConfigError) as refused:
+            check(a_file / "below")
+        assert refused.value.key == key and "is a file" in str(refused.value)
+    assert a_file.read_text() == "x"
