@@ -114,6 +114,22 @@ class Config:
     xla_cpu_threads: Optional[int] = None
 
 
+@dataclass
+class JaxacLauncherConf:
+    """The default sweep launcher (hydra_plugins/jaxac_launcher)."""
+
+    _target_: str = "hydra_plugins.jaxac_launcher.JaxacLauncher"
+
+
+@dataclass
+class JaxacSweeperConf:
+    """The default sweeper (hydra_plugins/jaxac_launcher): Hydra's basic sweeper's keys."""
+
+    _target_: str = "hydra_plugins.jaxac_launcher.JaxacSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[dict[str, str]] = None
+
+
 def register_configs() -> None:
     """Put the schemas into Hydra's ConfigStore (the yaml files in conf/ extend them)."""
     cs = ConfigStore.instance()
@@ -123,6 +139,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("jaxac_if", lambda cond, then, otherwise:
                                         then if cond else otherwise)
     cs.store(name="base_config", node=Config)
+    cs.store(group="hydra/launcher", name="jaxac_basic", node=JaxacLauncherConf)
+    cs.store(group="hydra/sweeper", name="jaxac_basic", node=JaxacSweeperConf)
     cs.store(group="algo", name="a2c_schema", node=A2CConfig)
     cs.store(group="algo", name="a3c_schema", node=A3CConfig)
 

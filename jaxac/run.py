@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from jaxac import a2c, a3c, loop, rundir
+from jaxac.rundir import FAILURE_FILE, record_failure
 from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import (CheckpointError, Checkpointer, find_checkpoint, network_from_config,
@@ -257,15 +258,6 @@ class JobFailed(CompactHydraException):
     """Raised by a failed job of a sweep (`-m`): Hydra records the job as failed, runs the other
     jobs, then exits non-zero naming the first failed job's overrides. A compact Hydra error: the
     expected failure is printed as its message, without a stack trace."""
-
-
-FAILURE_FILE = "failure.json"
-
-
-def record_failure(run_dir: str | Path, kind: str, message: str, **details: Any) -> None:
-    """Write `failure.json` into a run directory: what failed, in words and fields."""
-    write_json(Path(run_dir) / FAILURE_FILE, {"status": "failed", "kind": kind,
-                                              "message": message, **details})
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from jaxac.config import ConfigError, check_writable_dir
+from jaxac.metrics import write_json
 
 LOCK_FILE = ".jaxac.lock"
 # What a directory holds once a run has used it (Hydra's own files alone do not count).
@@ -154,3 +155,12 @@ class OwnershipCallback(Callback):
                                   "no sweep yet: its job directories hold another sweep's runs")
         except ConfigError as error:
             refuse(error)
+
+
+FAILURE_FILE = "failure.json"
+
+
+def record_failure(run_dir: str | Path, kind: str, message: str, **details: Any) -> None:
+    """Write `failure.json` into a run directory: what failed, in words and fields."""
+    write_json(Path(run_dir) / FAILURE_FILE, {"status": "failed", "kind": kind,
+                                              "message": message, **details})

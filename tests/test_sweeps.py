@@ -240,3 +240,17 @@ def test_one_unreadable_run_does_not_stop_a_sweep_from_loading(tmp_path):
     assert "oddsummary/summary.json: not a jaxac summary" in runs.loc[4, "problems"]
     assert set(results.problems) == {str(tmp_path / n) for n in
                                      ("corrupt", "twice", "badsummary", "oddsummary")}
+
+
+@pytest.mark.slow
+def test_a_job_whose_value_does_not_compose_fails_alone(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxac.run", "-m", "workers=4,1.5",
+                          "total_steps=2000", "eval_episodes=1", f"hydra.sweep.dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "workers=1.5" in out.stderr  # the failed job, named
+    good, bad = (tmp_path / f"eval_episodes=1,total_steps=2000,workers={w}" for w in (4, "1.5"))
+    assert json.loads((good / "summary.json").read_text())["env_steps"] == 2000  # it still ran
+    failure = json.loads((bad / "failure.json").read_text())
+    assert failure["kind"] == "config_error" and "workers" in failure["message"]
+    runs = load_results(tmp_path).runs.set_index("workers")
+    assert runs.loc[4, "status"] == "completed"
