@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,21 @@ def load_checkpoint(info: CheckpointInfo, target: Any) -> Any:
     return restored
 
 
+class FinalWriteFailed(OSError):
+    """The final checkpoint could not be written into the run directory; `rescued` is where
+    the trained state was saved instead (None if nowhere: the newest periodic checkpoint is
+    then the last one kept)."""
+
+    def __init__(self, error: OSError, rescued: Path | None, last_periodic: int | None):
+        self.error, self.rescued = error, rescued
+        newest = "none" if last_periodic is None else f"env step {last_periodic:,}"
+        kept = (f"the trained state was saved to {rescued}/checkpoint instead (copy it into the "
+                "run directory's checkpoint/ to resume from it)" if rescued
+                else "it could not be saved anywhere else either; the newest periodic "
+                f"checkpoint ({newest}) is kept")
+        super().__init__(f"the final checkpoint could not be written ({error}); {kept}")
+
+
 class Checkpointer:
     """Writes a trainer's periodic training checkpoints into `run_dir/checkpoint/`.
 
@@ -227,6 +243,19 @@ class Checkpointer:
 
     def _next_after(self, env_steps: int) -> float:
         return (env_steps // self.every + 1) * self.every if self.every > 0 else float("inf")
+
+    def save_elsewhere(self, tree: Any, meta: dict) -> Path | None:
+        """Save a checkpoint that could not go into the run directory into a fresh folder of the
+        system's temporary directory, as this run's; that folder, or None if it failed too."""
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f"jaxac-rescued-{os.getpid()}-"))
+            elsewhere = Checkpointer(folder, 0, self.keep, identity=self.identity)
+            elsewhere.run_id = self.run_id  # the same run's checkpoint, only elsewhere
+            elsewhere.save(tree, meta)
+            return folder
+        except OSError as error:
+            log.error(f"could not save the checkpoint elsewhere either: {error}")
+            return None
 
     def _written_by_this_run(self, meta_path: Path) -> bool:
         try:

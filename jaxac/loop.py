@@ -9,47 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from jaxac.checkpoint import Checkpointer, CheckpointInfo
+from jaxac.checkpoint import Checkpointer, CheckpointInfo, FinalWriteFailed
 from jaxac.metrics import MetricsWriter, Progress, mean_or_none, resident_memory_mb
 from jaxac.results import Divergence, MetricRow, TrainResult
 from jaxac.signals import StopRequest
 
 log = logging.getLogger("jaxac")
-
-
-class FinalWriteFailed(OSError):
-    """The final checkpoint could not be written into the run directory; `rescued` is where
-    the trained state was saved instead (None if nowhere: the newest periodic checkpoint is
-    then the last one kept)."""
-
-    def __init__(self, error: OSError, rescued: Path | None, last_periodic: int | None):
-        self.error, self.rescued = error, rescued
-        newest = "none" if last_periodic is None else f"env step {last_periodic:,}"
-        kept = (f"the trained state was saved to {rescued}/checkpoint instead (copy it into the "
-                "run directory's checkpoint/ to resume from it)" if rescued
-                else "it could not be saved anywhere else either; the newest periodic "
-                f"checkpoint ({newest}) is kept")
-        super().__init__(f"the final checkpoint could not be written ({error}); {kept}")
-
-
-def rescue(tree: Any, meta: dict, checkpointer: Checkpointer) -> Path | None:
-    """Save a final checkpoint that could not go into the run directory into a fresh folder of
-    the system's temporary directory; that folder, or None if it failed too."""
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f"jaxac-rescued-{os.getpid()}-"))
-        elsewhere = Checkpointer(folder, 0, checkpointer.keep, identity=checkpointer.identity)
-        elsewhere.run_id = checkpointer.run_id  # the same run's checkpoint, only elsewhere
-        elsewhere.save(tree, meta)
-        return folder
-    except OSError as error:
-        log.error(f"could not rescue the final checkpoint either: {error}")
-        return None
 
 
 class Trainer(Protocol):
@@ -178,7 +146,7 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
             if not final:  # a periodic one: the next one, or the final, may still succeed
                 log.error(f"periodic checkpoint not written ({error}); training goes on")
                 return
-            raise FinalWriteFailed(error, rescue(tree, meta, checkpointer),
+            raise FinalWriteFailed(error, checkpointer.save_elsewhere(tree, meta),
                                    checkpointer.last_env_steps) from error
 
     divergence = None

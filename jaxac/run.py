@@ -33,8 +33,8 @@ from jaxac import a2c, a3c, loop, rundir
 from jaxac.rundir import FAILURE_FILE, record_failure
 from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
-from jaxac.checkpoint import (CheckpointError, Checkpointer, find_checkpoint, network_from_config,
-                              resume_config, run_identity, save_policy)
+from jaxac.checkpoint import (CheckpointError, Checkpointer, FinalWriteFailed, find_checkpoint,
+                              network_from_config, resume_config, run_identity, save_policy)
 from jaxac.config import (CONF_DIR, ConfigError, register_configs, validate,
                           validate_xla_cpu_threads)
 from jaxac import platform
@@ -291,7 +291,7 @@ def main(cfg: DictConfig) -> float | None:
         return fail(EXIT_WORKER_FAILED, "worker_failed",
                     f"{failure}\nThe other workers were stopped; metrics up to the failure are "
                     f"in {run_dir}/metrics.jsonl", worker=failure.worker)
-    except loop.FinalWriteFailed as failure:
+    except FinalWriteFailed as failure:
         return fail(EXIT_WRITE_FAILED, "write_failed", str(failure),
                     rescued=str(failure.rescued) if failure.rescued else None)
     except OSError as error:  # a write of the run's records failed

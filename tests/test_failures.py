@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from jaxac import loop
-from jaxac.checkpoint import Checkpointer, find_checkpoint
+from jaxac.checkpoint import Checkpointer, FinalWriteFailed, find_checkpoint
 from jaxac.config import compose_config
 from jaxac.run import execute
 
@@ -35,7 +34,7 @@ def test_a_failed_final_checkpoint_write_rescues_the_trained_state(tmp_path, mon
         return real_save(self, tree, meta)
 
     monkeypatch.setattr(Checkpointer, "save", disk_full_at_the_end)
-    with pytest.raises(loop.FinalWriteFailed) as failed:
+    with pytest.raises(FinalWriteFailed) as failed:
         execute(compose_config(SHORT), run_dir)
     rescued = failed.value.rescued
     assert str(rescued) in str(failed.value) and "No space left" in str(failed.value)
