@@ -60,18 +60,39 @@ def test_configuration_errors_exit_2_with_one_line_and_a_record(tmp_path, args, 
         assert failure["kind"] == kind and failure["exit_code"] == code
 
 
+def injected(tmp_path, code: str) -> dict:
+    """An environment whose Python first runs `code` (a sitecustomize module)."""
+    sitecustomize = tmp_path / "inject" / "sitecustomize.py"
+    sitecustomize.parent.mkdir()
+    sitecustomize.write_text(code)
+    return {"PYTHONPATH": f"{sitecustomize.parent}:{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.mark.slow
+def test_a_failed_final_write_exits_4_naming_where_the_trained_state_is(tmp_path):
+    env = injected(tmp_path, (
+        "import errno, jaxac.checkpoint as c\n"
+        "save = c.Checkpointer.save\n"
+        "def full(self, tree, meta):\n"
+        "    if self.run_dir.name == 'run' and meta['env_steps'] == 4000:\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    return save(self, tree, meta)\n"
+        "c.Checkpointer.save = full\n"))
+    out = cli("hydra.run.dir=run", "total_steps=4000", "eval_episodes=1", cwd=tmp_path, env=env)
+    assert out.returncode == 4, out.stderr[-2000:]
+    failure = json.loads((tmp_path / "run" / "failure.json").read_text())
+    assert failure["kind"] == "write_failed" and failure["rescued"] in out.stderr
+    assert find_checkpoint(failure["rescued"]).env_steps == 4000  # the whole training, kept
+
+
 @pytest.mark.slow
 def test_an_internal_error_exits_5_with_its_traceback_and_a_record(tmp_path):
     # An error no check foresaw: the trainer's constructor fails inside the run.
-    sitecustomize = tmp_path / "inject" / "sitecustomize.py"
-    sitecustomize.parent.mkdir()
-    sitecustomize.write_text(
-        "import jaxac.a2c\n"
-        "def broken(*args, **kwargs):\n"
-        "    raise RuntimeError('injected internal error')\n"
-        "jaxac.a2c.A2CTrainer.__init__ = broken\n")
-    out = cli("hydra.run.dir=run", "total_steps=2000", cwd=tmp_path,
-              env={"PYTHONPATH": f"{sitecustomize.parent}:{os.environ.get('PYTHONPATH', '')}"})
+    env = injected(tmp_path, ("import jaxac.a2c\n"
+                              "def broken(*args, **kwargs):\n"
+                              "    raise RuntimeError('injected internal error')\n"
+                              "jaxac.a2c.A2CTrainer.__init__ = broken\n"))
+    out = cli("hydra.run.dir=run", "total_steps=2000", cwd=tmp_path, env=env)
     assert out.returncode == 5, out.stderr[-2000:]
     assert "injected internal error" in out.stderr and "Traceback" in out.stderr
     failure = json.loads((tmp_path / "run" / "failure.json").read_text())
