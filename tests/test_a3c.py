@@ -43,7 +43,7 @@ def test_locked_many_workers_lose_nothing_and_equal_sequential_application():
     assert server.version == rollouts
     assert [rec.applied_version for rec, *_ in history] == list(range(rollouts))  # in order
     assert not any(rec.interleaved for rec, *_ in history)
-    assert sum(trainer.progress.worker_steps) == rollouts * 5  # stops exactly at the budget
+    assert sum(trainer.counters.worker_steps) == rollouts * 5  # stops exactly at the budget
     assert len({rec.worker for rec, *_ in history}) == 32  # every worker contributed
     np.testing.assert_array_equal(server.state, replay(trainer))
 
