@@ -115,7 +115,6 @@ def _execute(cfg: DictConfig, run_dir: str | Path | None,
 
     checkpointer = Checkpointer(run_dir, int(cfg.checkpoint_every), int(cfg.checkpoint_keep),
                                 resume_from=checkpoint, identity=run_identity(cfg))
-    trainer = TRAINERS[cfg.algo.name](cfg, spec, network, devices)
     def aborted(name: str) -> None:
         if checkpoint is None:  # a resumed run's files stay as its last stop left them
             record_failure(run_dir, "aborted", f"ended by a second {name}; metrics and the last "
@@ -123,6 +122,7 @@ def _execute(cfg: DictConfig, run_dir: str | Path | None,
 
     # Until the summary is written, a second Ctrl-C ends the run within a second (signals.py).
     with StopRequest(on_abort=aborted) as stop:
+        trainer = TRAINERS[cfg.algo.name](cfg, spec, network, devices)  # compiles its init
         with MetricsWriter(run_dir) as writer:
             result = loop.train(trainer, writer, progress, stop, checkpointer,
                                 seed=int(cfg.seed), log_interval=int(cfg.log_interval),
