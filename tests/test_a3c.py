@@ -48,6 +48,7 @@ def test_locked_many_workers_lose_nothing_and_equal_sequential_application():
     np.testing.assert_array_equal(server.state, replay(trainer))
 
 
+@pytest.mark.slow
 def test_locked_staleness_lr_scales_each_update_by_its_own_staleness():
     _, trainer = make_trainer(["workers=8", "total_steps=4000", "algo.staleness_lr=true"],
                               keep_history=True)
@@ -96,6 +97,7 @@ def test_worker_rng_streams_and_entropy_spread():
     assert a3c.entropy_coefficients(0.02, 3, seed=0) == [0.02] * 3
 
 
+@pytest.mark.slow
 def test_one_locked_worker_matches_a_sequential_reference_built_from_core():
     cfg, trainer = make_trainer(["workers=1", "total_steps=500", "env.normalize_obs=true"])
     trainer.run_to_completion()
@@ -192,6 +194,7 @@ def test_flat_layout_round_trips_every_leaf_exactly():
     assert shapes.dtypes == layout.dtypes and shapes.shapes == layout.shapes
 
 
+@pytest.mark.slow
 def test_locked_snapshot_is_the_immutable_state_of_the_last_applied_version():
     _, trainer = make_trainer(["workers=4", "total_steps=2000"])
     server = trainer.server
@@ -209,6 +212,7 @@ def test_locked_snapshot_is_the_immutable_state_of_the_last_applied_version():
     assert hogwild.server.snapshot().vector.flags.writeable  # hogwild copies the live vector
 
 
+@pytest.mark.slow
 def test_read_report_returns_the_losses_and_only_the_episodes_that_ended():
     _, trainer = make_trainer(["workers=1", "total_steps=500"])
     learner = trainer.learner
@@ -242,7 +246,7 @@ def spoiled(trainer, result, index, value):
     return jax.device_put(vector, trainer.server.device)
 
 
-@pytest.mark.parametrize("mode", ["locked", "hogwild"])
+@pytest.mark.parametrize("mode", ["locked", pytest.param("hogwild", marks=pytest.mark.slow)])
 def test_submit_refuses_non_finite_losses_and_steps_and_leaves_the_state_alone(mode):
     _, trainer = make_trainer(["workers=1", "total_steps=500", f"algo.update={mode}"])
     learner, server = trainer.learner, trainer.server

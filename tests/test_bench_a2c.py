@@ -13,30 +13,50 @@ def same(a: float, b: float, tolerance: float = 1e-9) -> bool:
     return abs(a / b - 1) < tolerance
 
 
+def check_row_arithmetic(row) -> None:
+    """The figures of one A2C row agree with each other."""
+    assert row.train_steps_per_second.n == 2
+    assert row.matmul_flops_per_second.n == 2  # measured between the training repeats
+    limit = row.matmul_flops_per_second.median / row.flops.total_per_step
+    assert same(row.flop_bound_steps_per_second, limit)
+    assert row.train_steps_per_second.min <= row.train_steps_per_second.median
+    assert row.compile_seconds > 0
+    # a training step costs more FLOPs than acting
+    assert row.flops.loss_and_grad_per_step > row.flops.forward_per_step > 0
+    assert 0 < row.fraction_of_flop_bound
+    assert same(row.fraction_of_flop_bound * limit, row.train_steps_per_second.median)
+    # the network passes alone are the same work as the counted training step
+    assert same(row.flops.network_passes_per_step, row.flops.total_per_step, tolerance=0.05)
+    assert row.network_pass_steps_per_second.n == 2
+    passes_limit = row.network_pass_steps_per_second.median / limit
+    assert same(row.network_pass_fraction_of_flop_bound, passes_limit)
+
+
 @pytest.fixture(scope="module")
 def rows():
     matmul_rate = roofline.matmul_timer(256)
     return [a2c.throughput(env, 8, 2, 0.05, matmul_rate) for env in ("cartpole", "breakout")]
 
 
+def test_training_rates_and_the_cores_they_used():
+    t = a2c.training_rates("cartpole", 8, 2, 0.01, lambda: 1e9)
+    assert t.cfg.env.name == "CartPole-v1" and t.compile_seconds > 0
+    assert len(t.rates) == len(t.cores) == 2 and t.matmul == [1e9, 1e9]
+    assert all(rate > 0 for rate in t.rates) and all(0 < c <= 16 for c in t.cores)
+
+
+@pytest.mark.slow
+def test_a_cartpole_row_against_the_flop_bound_limit():
+    row = a2c.throughput("cartpole", 8, 2, 0.01, roofline.matmul_timer(128))
+    assert (row.env, row.preset, row.workers) == ("CartPole-v1", "cartpole", 8)
+    check_row_arithmetic(row)
+
+
+@pytest.mark.slow
 def test_a2c_rows_against_the_flop_bound_limit(rows):
     assert [(r.env, r.workers) for r in rows] == [("CartPole-v1", 8), ("Breakout-MinAtar", 8)]
     for row in rows:
-        assert row.train_steps_per_second.n == 2
-        assert row.matmul_flops_per_second.n == 2  # measured between the training repeats
-        limit = row.matmul_flops_per_second.median / row.flops.total_per_step
-        assert same(row.flop_bound_steps_per_second, limit)
-        assert row.train_steps_per_second.min <= row.train_steps_per_second.median
-        assert row.compile_seconds > 0
-        # a training step costs more FLOPs than acting
-        assert row.flops.loss_and_grad_per_step > row.flops.forward_per_step > 0
-        assert 0 < row.fraction_of_flop_bound
-        assert same(row.fraction_of_flop_bound * limit, row.train_steps_per_second.median)
-        # the network passes alone are the same work as the counted training step
-        assert same(row.flops.network_passes_per_step, row.flops.total_per_step, tolerance=0.05)
-        assert row.network_pass_steps_per_second.n == 2
-        passes_limit = row.network_pass_steps_per_second.median / limit
-        assert same(row.network_pass_fraction_of_flop_bound, passes_limit)
+        check_row_arithmetic(row)
     cartpole, breakout = rows
     assert breakout.flops.total_per_step > 10 * cartpole.flops.total_per_step  # the conv torso
 

@@ -5,6 +5,13 @@ import pytest
 from jaxac.bench import a3c
 
 
+def test_an_a3c_row():
+    [row] = a3c.throughput([1], "locked", 1, 200)
+    assert (row.update, row.workers, row.staleness_mean.median) == ("locked", 1, 0)
+    assert abs(row.updates_per_second.median * 5 / row.steps_per_second.median - 1) < 1e-9
+
+
+@pytest.mark.slow
 def test_a3c_rows_by_worker_count():
     rows = a3c.throughput([1, 2], "locked", 2, 500)
     assert [(r.update, r.workers) for r in rows] == [("locked", 1), ("locked", 2)]

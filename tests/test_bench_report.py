@@ -43,6 +43,7 @@ def test_mlp_flop_count_matches_the_layer_sizes():
     assert matmul <= counted < 1.5 * matmul
 
 
+@pytest.mark.slow
 def test_rollout_forward_flops_count_the_policy_only():
     """Acting never evaluates the value head, so the FLOP-bound limit must not count it."""
     from jaxac.checkpoint import network_from_config
@@ -94,3 +95,30 @@ def test_solve_summary_is_over_the_solved_runs():
     assert phase.solved == "2/3"
     assert (phase.env_steps.median, phase.train_seconds.median) == (200, 3.0)
     assert phase.compile_seconds.median == 2.0  # compile time counts every run
+
+
+def test_report_plot_and_json_round_trip_of_typed_rows(tmp_path):
+    import json as json_module
+
+    from jaxac.bench.__main__ import load
+    from jaxac.bench.a2c import DefaultLayoutRow
+    from jaxac.bench.a3c import A3CRow
+    from jaxac.bench.report import BenchResults, Matmul, plot, report
+    from jaxac.bench.timing import to_json
+
+    row = A2CRow("CartPole-v1", "cartpole", 8, 1.5, spread([300_123.0, 310_456.0]),
+                 _spread(1e6), _spread(5e5), _spread(2e11), roofline.FlopCount(1e4, 3e4, 4e4),
+                 5e6, 0.06, 0.1)
+    results = BenchResults("a machine", 2, 2, {}, {}, Matmul(1024, 2e11, 2e11, 2e11, 1, [2e11]),
+                           a2c=[row],
+                           a2c_default=[DefaultLayoutRow("CartPole-v1", 8, "1 device", 305_289.5,
+                                                         "1 device", 305_289.5, 1.0)],
+                           a3c=[A3CRow(1, "locked", _spread(40_321.0), _spread(8_064.2),
+                                       _spread(0.0), _spread(1.3), _spread(150.0))])
+    text = report(results)
+    for figure in ("305,290", "40,321", "8,064", "6.0%"):  # medians and the fraction, formatted
+        assert figure in text, figure
+    plot(results, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 5000
+    (tmp_path / "bench.json").write_text(json_module.dumps(to_json(results)))
+    assert load(tmp_path / "bench.json") == results

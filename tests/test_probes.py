@@ -32,6 +32,7 @@ def test_constant_reward_value():
     assert float(policy(0.0)[1][0]) == pytest.approx(1.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_observation_dependent_value():
     policy = train_probe(probe_envs.ObservationReward(), 400, ["rollout_length=1"])
     assert float(policy(1.0)[1][0]) == pytest.approx(1.0, abs=0.05)
@@ -46,6 +47,7 @@ def test_two_step_discounting(rollout_length):
     assert float(policy(-1.0)[1][0]) == pytest.approx(GAMMA, abs=0.05)
 
 
+@pytest.mark.slow
 def test_action_dependent_reward_policy():
     policy = train_probe(probe_envs.ActionReward(), 400, ["rollout_length=1"])
     dist, value = policy(0.0)
@@ -54,6 +56,7 @@ def test_action_dependent_reward_policy():
     assert float(value[0]) == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.slow
 def test_continuous_action_gaussian_mean():
     policy = train_probe(probe_envs.ContinuousTarget(), 2000, ["rollout_length=1"])
     dist, _ = policy(0.0)
