@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxac import core
 from jaxac.checkpoint import CheckpointInfo, load_checkpoint
+from jaxac.config import steps_per_update
 from jaxac.envs import EnvCarry, EnvSpec, reset_envs, solve_threshold
 from jaxac.episodes import EpisodeStats, RecentEpisodes, add_episodes
 from jaxac.normalization import (ObsStats, batch_moments, init_obs_stats, merge_moments,
@@ -300,13 +301,12 @@ def total_updates(total_steps: int, steps_per_update: int) -> int:
 
 def build_learner(cfg, spec: EnvSpec, network, devices: list[Any]) -> A2CLearner:
     """An A2CLearner for a validated run config."""
-    steps_per_update = int(cfg.workers) * int(cfg.rollout_length)
     settings = A2CSettings(
         spec=spec,
         apply_fn=network.apply,
         init_params=lambda key: network.init(key, jnp.zeros((1,) + spec.obs_shape)),
         tx=make_optimizer(OptimConfig.from_config(cfg),
-                          total_updates(cfg.total_steps, steps_per_update)),
+                          total_updates(cfg.total_steps, steps_per_update(cfg))),
         loss=core.LossConfig.from_config(cfg),
         workers=int(cfg.workers),
         rollout_length=int(cfg.rollout_length),

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from jaxac.config import require
 from jaxac.envs import EnvSpec, make_env
 from jaxac.metrics import json_safe, temporary_path, write_json
+from jaxac.rundir import check_resume_path
 from jaxac.networks import ActorCritic, make_network
 from jaxac.normalization import ObsStats, init_obs_stats
 
@@ -297,11 +298,9 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
     run or holds no intact checkpoint, and for an override of any other key."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    check_resume_path(resume)
     run_dir = Path(resume)
     saved = run_dir / ".hydra" / "config.yaml"
-    require(run_dir.is_dir(), "resume", resume, "the path of an existing run directory")
-    require(saved.exists(), "resume", resume,
-             "a jaxac run directory (one holding .hydra/config.yaml)")
     checkpoint = find_checkpoint(run_dir)
     require(checkpoint is not None, "resume", resume,
              "a run directory holding an intact training checkpoint (checkpoint/state-*.json); "

@@ -20,6 +20,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from jaxac import resources
+
 
 ALGOS = ("a2c", "a3c")
 TORSOS = ("auto", "mlp", "conv")
@@ -308,8 +310,6 @@ def check_writable_dir(key: str, value: str) -> None:
 
 def _check_memory(cfg: DictConfig, obs_shape: tuple[int, ...]) -> None:
     """Refuse a batch whose estimated memory (`jaxac.resources`) will obviously not fit."""
-    from jaxac import resources
-
     per_worker = int(cfg.algo.envs_per_worker) if cfg.algo.name == "a3c" else 1
     net = cfg.network
     need = resources.estimate_bytes(obs_shape, int(cfg.workers) * per_worker, int(cfg.seeds),

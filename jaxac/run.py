@@ -141,11 +141,8 @@ def _execute(cfg: DictConfig, run_dir: str | Path | None,
             eval_returns = evaluate_seeds(spec, network.apply, result.params, result.obs_stats,
                                           jax.random.PRNGKey(int(cfg.seed) + 1_000_003),
                                           int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
-        summary = build_summary(cfg, result, eval_returns, threshold,
+        summary = build_summary(cfg, result, eval_returns, threshold, layout, devices,
                                 checkpoint.env_steps if checkpoint else None)
-        summary["layout"] = {"devices": [str(d) for d in devices],
-                             "xla_cpu_threads": platform.xla_cpu_threads(),
-                             "automatic": layout.automatic, "reason": layout.reason}
         write_json(run_dir / "summary.json", summary)
         try:
             metrics = read_metrics(run_dir)
@@ -201,7 +198,8 @@ def use_compilation_cache(directory: str | None) -> None:
 
 
 def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray,
-                  threshold: float | None, resumed_from: int | None = None) -> dict[str, Any]:
+                  threshold: float | None, layout: platform.Layout, devices: list[Any],
+                  resumed_from: int | None = None) -> dict[str, Any]:
     """The contents of summary.json."""
     eval_means = [float(r.mean()) if r.size else None for r in eval_returns]
     per_seed_solved = [
@@ -242,6 +240,9 @@ def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray
             "wall_seconds_note": "from the start of training, compilation included",
         },
         **({cfg.algo.name: result.extra} if result.extra else {}),
+        "layout": {"devices": [str(d) for d in devices],
+                   "xla_cpu_threads": platform.xla_cpu_threads(),
+                   "automatic": layout.automatic, "reason": layout.reason},
         "environment": environment_info(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
