@@ -239,6 +239,10 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     check_finite(cfg)
     if cfg.env.name not in env_names():
         raise ConfigError("env.name", cfg.env.name, unknown_env_message(cfg.env.name))
+    try:
+        spec = make_env(cfg.env.name)
+    except ValueError as error:  # spaces jaxac cannot handle, data that is missing
+        raise ConfigError("env.name", cfg.env.name, str(error)) from error
     require(cfg.seeds >= 1, "seeds", cfg.seeds, "an integer >= 1")
     require(cfg.workers >= 1, "workers", cfg.workers, "an integer >= 1")
     require(cfg.rollout_length >= 1, "rollout_length", cfg.rollout_length, "an integer >= 1")
@@ -273,15 +277,15 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
              "network.hidden_sizes", list(cfg.network.hidden_sizes),
              "a non-empty list of positive layer widths")
     if cfg.network.torso == "conv":
-        shape = make_env(cfg.env.name).obs_shape
+        shape = spec.obs_shape
         require(len(shape) == 3, "network.torso", cfg.network.torso,
                 f"mlp or auto for {cfg.env.name}, whose observations have shape {shape}: the "
                 "conv torso needs images (height, width, channels)")
     if cfg.network.log_std_init is not None:
-        require(not make_env(cfg.env.name).discrete, "network.log_std_init",
+        require(not spec.discrete, "network.log_std_init",
                  cfg.network.log_std_init, f"unset (null) for {cfg.env.name}, whose actions are "
                  "discrete: it sets the Gaussian policy of continuous-action environments")
-    _check_memory(cfg, make_env(cfg.env.name).obs_shape)
+    _check_memory(cfg, spec.obs_shape)
     if cfg.compilation_cache_dir is not None:
         check_writable_dir("compilation_cache_dir", cfg.compilation_cache_dir)
     validate_xla_cpu_threads(cfg)

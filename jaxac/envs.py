@@ -4,6 +4,7 @@ that auto-resets, keeps per-episode statistics and reports the true final observ
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +57,18 @@ class EnvSpec:
     action_low: Any = None  # continuous bounds, numpy arrays of shape (action_dim,)
     action_high: Any = None
     max_episode_steps: int = 0
+    # > 0: the environment observes one of this many discrete states (an integer), which the
+    # learner sees one-hot encoded as a vector of this length (`obs_shape` is then (n,)).
+    one_hot_states: int = 0
 
     def __hash__(self) -> int:  # used as a static jit argument
         return hash((self.name, self.obs_shape, self.discrete, self.action_dim, id(self.env)))
+
+    def observe(self, obs: jax.Array) -> jax.Array:
+        """The environment's observation as the float32 array the learner sees."""
+        if self.one_hot_states:
+            return jax.nn.one_hot(obs, self.one_hot_states, dtype=jnp.float32)
+        return jnp.asarray(obs, jnp.float32).reshape(self.obs_shape)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EnvSpec) and hash(self) == hash(other)
@@ -68,29 +78,57 @@ def spec_from_env(name: str, env: Any, params: Any) -> EnvSpec:
     """Describe an instantiated gymnax environment (also used for the probe environments in tests)."""
     from gymnax.environments import spaces
 
-    action_space = env.action_space(params)
-    obs_shape = tuple(env.observation_space(params).shape)
+    action_space, obs_space = env.action_space(params), env.observation_space(params)
     max_steps = int(getattr(params, "max_steps_in_episode", 0))
+    if isinstance(obs_space, spaces.Discrete):
+        one_hot, obs_shape = int(obs_space.n), (int(obs_space.n),)
+    elif isinstance(obs_space, spaces.Box):
+        one_hot, obs_shape = 0, tuple(obs_space.shape) or (1,)
+    else:
+        raise ValueError(f"env.name={name!r}: its observation space {obs_space!r} is not one "
+                         "jaxac can feed a network; allowed: Box (any shape) or Discrete")
     if isinstance(action_space, spaces.Discrete):
         return EnvSpec(name, env, params, obs_shape, True, int(action_space.n),
-                       max_episode_steps=max_steps)
+                       max_episode_steps=max_steps, one_hot_states=one_hot)
     if isinstance(action_space, spaces.Box):
         shape = tuple(action_space.shape) or (1,)
         dim = int(np.prod(shape))
         low = np.broadcast_to(np.asarray(action_space.low, np.float32), (dim,)).copy()
         high = np.broadcast_to(np.asarray(action_space.high, np.float32), (dim,)).copy()
-        return EnvSpec(name, env, params, obs_shape, False, dim, low, high, max_steps)
-    raise ValueError(f"env.name={name!r}: unsupported action space {type(action_space).__name__}; "
-                     "allowed: Discrete or Box")
+        return EnvSpec(name, env, params, obs_shape, False, dim, low, high, max_steps, one_hot)
+    raise ValueError(f"env.name={name!r}: its action space {action_space!r} is not one jaxac "
+                     "can act in; allowed: Discrete or Box")
 
 
+# gymnax's MNIST bandit reads the MNIST files from here, downloading them first if missing.
+MNIST_DIR = "/tmp/mnist"
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+class EnvironmentDataMissing(ValueError):
+    """An environment needs data that is not on this machine and could not be fetched."""
+
+
+@functools.lru_cache(maxsize=None)
 def make_env(name: str) -> EnvSpec:
-    """Instantiate a registered gymnax environment by name."""
+    """Instantiate a registered gymnax environment by name (once per process: the same spec,
+    hence the same compiled programs, for every caller)."""
     if name not in env_names():
         raise ValueError(unknown_env_message(name))
     import gymnax
 
-    env, params = gymnax.make(name)
+    try:
+        env, params = gymnax.make(name)
+    except OSError as error:  # urllib's URLError too: an environment that downloads its data
+        if name != "MNISTBandit-bsuite":
+            raise
+        raise EnvironmentDataMissing(
+            f"env.name={name!r} needs the MNIST dataset, which gymnax downloads when the "
+            f"environment is built; that failed ({error}). Put the four files "
+            f"({', '.join(MNIST_FILES)}) into {MNIST_DIR} (for example copied from a machine "
+            f"with network access), removing any partial download there, and run again."
+        ) from error
     return spec_from_env(name, env, params)
 
 
@@ -131,7 +169,7 @@ def reset_envs(spec: EnvSpec, keys: jax.Array) -> EnvCarry:
     def reset_one(key):
         key, reset_key = jax.random.split(key)
         obs, state = spec.env.reset(reset_key, spec.params)
-        return EnvCarry(state, obs.astype(jnp.float32), jnp.float32(0), jnp.int32(0), key)
+        return EnvCarry(state, spec.observe(obs), jnp.float32(0), jnp.int32(0), key)
 
     return jax.vmap(reset_one)(keys)
 
@@ -151,13 +189,13 @@ def step_envs(spec: EnvSpec, carry: EnvCarry, action: jax.Array) -> tuple[EnvCar
         ep_length = c.episode_length + 1
         new_carry = EnvCarry(
             env_state=state,
-            obs=obs.astype(jnp.float32),
+            obs=spec.observe(obs),
             episode_return=jnp.where(done, 0.0, ep_return),
             episode_length=jnp.where(done, 0, ep_length),
             key=key,
         )
         out = StepOutput(reward, terminated, truncated,
-                         info["final_observation"].astype(jnp.float32), ep_return, ep_length)
+                         spec.observe(info["final_observation"]), ep_return, ep_length)
         return new_carry, out
 
     return jax.vmap(step_one)(carry, action)
