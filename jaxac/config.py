@@ -71,6 +71,11 @@ class AlgoConfig:
 @dataclass
 class A2CConfig(AlgoConfig):
     name: str = "a2c"
+    # Adam at 1e-3 learns every family from the defaults (Catch-bsuite, MountainCar-v0 among
+    # them, where RMSprop at 7e-4 stalls on some seeds; docs/learning.md). SB3's RMSprop
+    # settings, for comparisons with SB3: `+experiment=sb3_a2c`.
+    optimizer: str = "adam"
+    lr: float = 1e-3
 
 
 @dataclass

@@ -126,13 +126,20 @@ class Training:
     cores: list[float] = field(default_factory=list)
 
 
+def settings(env: str) -> list[str]:
+    """The learner settings the bench trains `env` with: SB3's on CartPole (the comparison with
+    SB3 needs them), the preset's elsewhere."""
+    return ["+experiment=sb3_a2c"] if env == "cartpole" else []
+
+
 def training_rates(env: str, workers: int, repeats: int, seconds: float,
                    matmul_rate: Callable[[], float], devices: int = 1) -> Training:
     """Train A2C at one batch size, its batch split over `devices` devices, and measure it:
     training env steps/s per repeat, the matrix-multiply rate measured before each repeat, and
     the CPU cores the training used (process CPU time / wall time)."""
-    cfg = compose_config([f"env={env}", f"workers={workers}", f"rollout_length={ROLLOUT}",
-                          f"devices={devices}", "compilation_cache_dir=null"])
+    cfg = compose_config([f"env={env}", *settings(env), f"workers={workers}",
+                          f"rollout_length={ROLLOUT}", f"devices={devices}",
+                          "compilation_cache_dir=null"])
     spec = make_env(cfg.env.name)
     network = network_from_config(cfg, spec)
     learner = a2c.build_learner(cfg, spec, network, jax.devices()[:devices])
@@ -306,7 +313,7 @@ def split_ceiling(a2c_rows: list[A2CRow], repeats: int, seconds: float,
     cartpole = [r for r in a2c_rows if r.env == "CartPole-v1" and r.workers % cores == 0]
     for full in cartpole if cores > 1 else []:
         workers = full.workers
-        cfg = compose_config(["env=cartpole", f"workers={workers // cores}",
+        cfg = compose_config(["env=cartpole", *settings("cartpole"), f"workers={workers // cores}",
                               f"rollout_length={ROLLOUT}", "compilation_cache_dir=null"])
         spec = make_env(cfg.env.name)
         network = network_from_config(cfg, spec)

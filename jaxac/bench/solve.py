@@ -41,7 +41,8 @@ class SolveResult:
 
 
 def time_to_solve(algo: str, seeds: int, workdir: Path) -> SolveResult:
-    """Wall seconds and env steps to solve CartPole-v1 with `algo`'s default preset, per seed."""
+    """Wall seconds and env steps to solve CartPole-v1 with `algo`'s default preset (A2C: with
+    SB3's settings, `+experiment=sb3_a2c`), per seed."""
     runs: dict[str, list[SolveRun]] = {phase: [] for phase in PHASES}
     for seed in range(seeds):
         cache = workdir / f"cache-{algo}-{seed}"  # empty: cold; the same again: warm
@@ -50,6 +51,7 @@ def time_to_solve(algo: str, seeds: int, workdir: Path) -> SolveResult:
             start = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "jaxac.run", f"algo={algo}", f"seed={seed}",
+                 *(["+experiment=sb3_a2c"] if algo == "a2c" else []),  # as SB3 is run
                  "stop_when_solved=true", "eval_episodes=0", f"compilation_cache_dir={cache}",
                  f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
             process_seconds = time.perf_counter() - start
