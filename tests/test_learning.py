@@ -1,0 +1,31 @@
+"""One short learning test per environment family, in both algorithms: each fails if that family
+stops learning. Budgets are small; the thresholds are far above what an untrained or a broken
+learner reaches (shown next to each)."""
+
+import pytest
+
+from jaxac.config import compose_config
+from jaxac.run import execute
+
+CASES = [
+    # (family, algo, overrides, threshold, what a broken learner gets)
+    # bsuite Catch: a random paddle catches ~1 ball in 5 (greedy -0.6 on average).
+    ("catch", "a2c", ["env=catch", "seeds=3"], 0.8, "random -0.6"),
+    ("catch", "a3c", ["env=catch", "workers=8"], 0.8, "random -0.6"),
+    # classic control Acrobot: random actions time out at -500.
+    ("acrobot", "a2c", ["env=acrobot", "total_steps=200000", "seeds=2"], -150.0, "random -500"),
+    ("acrobot", "a3c", ["env=acrobot", "total_steps=200000", "workers=8"], -150.0,
+     "random -500"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,algo,overrides,threshold,broken", CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_family_learns(tmp_path, family, algo, overrides, threshold, broken):
+    cfg = compose_config([f"algo={algo}", *overrides, "eval_episodes=20"])
+    summary = execute(cfg, tmp_path)
+    returns = summary["final_eval"]["return_mean_per_seed"]
+    assert min(returns) >= threshold, (
+        f"{family} {algo}: greedy returns per seed {returns} after {summary['env_steps']:,} "
+        f"env steps; needed >= {threshold} ({broken})")
