@@ -38,7 +38,10 @@ def run_workers(runs: list[str], names: list[str], cache: Path, processes: int =
 def test_every_registered_environment_trains_and_evaluates(tmp_path):
     names = env_names()
     assert len(names) == 26  # gymnax 1.0.1; a new environment should be looked at, not skipped
-    runs = ["a2c-2dev", "a3c-2dev"]
+    # A2C split over 2 devices (the shard_map path where Asterix crashed; one device is the same
+    # program on a mesh of one) and A3C on one device (its workers only change device with
+    # devices=2). All four combinations for every environment, by hand: docs/learning.md.
+    runs = ["a2c-2dev", "a3c-1dev"]
     results = run_workers(runs, names, tmp_path / "cache")
     failed = [f"{r['env']} {r['run']}: {r['error']}\n{r['traceback']}" for r in results
               if not r["ok"]]

@@ -29,3 +29,15 @@ def test_family_learns(tmp_path, family, algo, overrides, threshold, broken):
     assert min(returns) >= threshold, (
         f"{family} {algo}: greedy returns per seed {returns} after {summary['env_steps']:,} "
         f"env steps; needed >= {threshold} ({broken})")
+
+
+@pytest.mark.slow
+def test_minatar_learns_to_follow_the_ball(tmp_path):
+    # Breakout-MinAtar: a policy that ignores the ball and parks the paddle mid-screen scores 5
+    # or 6 from the two start states (docs/learning.md); every earlier A2C setting ended there.
+    cfg = compose_config(["env=breakout", "total_steps=1500000", "seeds=2", "eval_episodes=20"])
+    summary = execute(cfg, tmp_path)
+    returns = summary["final_eval"]["return_mean_per_seed"]
+    assert min(returns) >= 8.0, (
+        f"Breakout-MinAtar greedy returns per seed {returns} after {summary['env_steps']:,} env "
+        "steps; a ball-ignoring policy scores 5.5")
