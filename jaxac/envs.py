@@ -64,14 +64,14 @@ class EnvSpec:
     def __hash__(self) -> int:  # used as a static jit argument
         return hash((self.name, self.obs_shape, self.discrete, self.action_dim, id(self.env)))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EnvSpec) and hash(self) == hash(other)
+
     def observe(self, obs: jax.Array) -> jax.Array:
         """The environment's observation as the float32 array the learner sees."""
         if self.one_hot_states:
             return jax.nn.one_hot(obs, self.one_hot_states, dtype=jnp.float32)
         return jnp.asarray(obs, jnp.float32).reshape(self.obs_shape)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, EnvSpec) and hash(self) == hash(other)
 
 
 def spec_from_env(name: str, env: Any, params: Any) -> EnvSpec:
