@@ -332,15 +332,18 @@ def write_results(out: Path, jobs: list[Job], header: str = "") -> list[dict]:
 
 
 def plot_suite(jobs: list[Job], path: Path) -> None:
-    """Learning curves (last-100 training return, mean and 95% band over seeds) against env
-    steps, one panel per environment, one line per algorithm, the reference dashed."""
+    """Learning curves of the finished runs (last-100 training return, mean and 95% band over
+    seeds) against env steps, one panel per environment, one line per algorithm, the reference
+    dashed."""
     from jaxac.analysis import read_metrics
     from jaxac.plots import _finish, _pyplot, mean_and_band
 
     curves: dict[str, dict[str, list]] = {}
     for job in jobs:
-        metrics = read_metrics(job.run_dir) if (job.run_dir / "metrics.jsonl").exists() else None
-        if metrics is None or not len(metrics):
+        if not finished(job.run_dir):  # the table counts only finished runs, and so does this
+            continue
+        metrics = read_metrics(job.run_dir)
+        if not len(metrics):
             continue
         for _, seed in metrics.groupby("seed_index"):
             curves.setdefault(job.reference.preset, {}).setdefault(job.algo, []).append(
