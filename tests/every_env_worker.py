@@ -19,9 +19,13 @@ RUNS = {  # name -> overrides; tiny batches: this checks that everything runs, n
     "a2c-1dev": ["algo=a2c", "workers=4", "rollout_length=2", "total_steps=24", "devices=1"],
     "a2c-2dev": ["algo=a2c", "workers=4", "rollout_length=2", "total_steps=24", "devices=2"],
     "a3c-1dev": ["algo=a3c", "workers=2", "rollout_length=2", "total_steps=24", "devices=1"],
+    # the same A3C run without the final evaluation, which is the A2C runs' code (the same
+    # `evaluate` of the final parameters): what CI runs, to keep the suite short
+    "a3c-1dev-noeval": ["algo=a3c", "workers=2", "rollout_length=2", "total_steps=24",
+                        "devices=1", "eval_episodes=0"],
     "a3c-2dev": ["algo=a3c", "workers=2", "rollout_length=2", "total_steps=24", "devices=2"],
 }
-COMMON = ["eval_episodes=2", "log_interval=8", "checkpoint_every=0", "network.hidden_sizes=[16]",
+COMMON = ["log_interval=8", "checkpoint_every=0", "network.hidden_sizes=[16]",
           "network.conv_channels=4", "network.conv_dense=16"]
 
 
@@ -47,8 +51,9 @@ if __name__ == "__main__":
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as run_dir:
                 try:
-                    cfg = compose_config(overrides + COMMON + [
-                        f"env.name={name}", f"compilation_cache_dir={cache}"])
+                    cfg = compose_config(["eval_episodes=2", *overrides, *COMMON,
+                                          f"env.name={name}",
+                                          f"compilation_cache_dir={cache}"])
                     summary = run.execute(cfg, Path(run_dir) / "run")
                     result = {"ok": True, "env_steps": summary["env_steps"],
                               "eval": summary["final_eval"]["return_mean_per_seed"]}

@@ -38,17 +38,20 @@ def run_workers(runs: list[str], names: list[str], cache: Path, processes: int =
 def test_every_registered_environment_trains_and_evaluates(tmp_path):
     names = env_names()
     assert len(names) == 26  # gymnax 1.0.1; a new environment should be looked at, not skipped
-    # A2C split over 2 devices (the shard_map path where Asterix crashed; one device is the same
-    # program on a mesh of one) and A3C on one device (its workers only change device with
-    # devices=2). All four combinations for every environment, by hand: docs/learning.md.
-    runs = ["a2c-2dev", "a3c-1dev"]
+    # A2C split over 2 devices and evaluated (the shard_map path where Asterix crashed; one
+    # device is the same program on a mesh of one), and A3C on one device without the final
+    # evaluation (the same `evaluate` as A2C's; its workers only change device with devices=2).
+    # Every combination for every environment, by hand: docs/learning.md.
+    runs = ["a2c-2dev", "a3c-1dev-noeval"]
     results = run_workers(runs, names, tmp_path / "cache")
     failed = [f"{r['env']} {r['run']}: {r['error']}\n{r['traceback']}" for r in results
               if not r["ok"]]
     assert not failed, "\n".join(failed)
     assert {(r["env"], r["run"]) for r in results} == {(n, run) for n in names for run in runs}
     for r in results:
-        assert r["env_steps"] == 24 and all(math.isfinite(x) for x in r["eval"]), r
+        assert r["env_steps"] == 24, r
+        if r["run"].startswith("a2c"):  # evaluated
+            assert len(r["eval"]) == 1 and math.isfinite(r["eval"][0]), r
 
 
 def test_mnist_bandit_without_its_data_says_what_it_needs(monkeypatch):
