@@ -231,7 +231,7 @@ class Entry:
     steps_to_reference: list[float | None]  # per seed; None: never reached
     wall_to_reference: list[float | None]
     wall_seconds: float  # the entry's training wall time, all its jobs together
-    missing: int = 0  # seeds whose run has not finished
+    missing: int = 0  # seeds without a result: their run has not finished, or it diverged
 
     def row(self) -> dict:
         """The entry's line of the results table (statistics over the finished seeds)."""
@@ -267,7 +267,9 @@ def collect(jobs: list[Job]) -> list[Entry]:
             entry.missing += len(job.seeds)
             continue
         entry.budget = int(summary["env_steps"])
-        entry.final_returns += [float(x) for x in summary["final_eval"]["return_mean_per_seed"]]
+        returns = summary["final_eval"]["return_mean_per_seed"] or []
+        entry.missing += sum(x is None for x in returns)  # diverged: no evaluation to count
+        entry.final_returns += [float(x) for x in returns if x is not None]
         solved = summary["solved"]
         entry.steps_to_reference += solved["env_steps"] if solved["threshold"] is not None \
             else [None] * len(job.seeds)
@@ -308,7 +310,8 @@ def markdown_table(rows: list[dict]) -> str:
                   f" {_number(r['median_wall_seconds_to_reference'], 0)} s"
                   if r["reference"] is not None else "-")
         ref_steps = f" ({_steps(r['reference_steps'])})" if r["reference_steps"] else ""
-        seeds = f"{n}" + (f" (+{r['missing_seeds']} unfinished)" if r["missing_seeds"] else "")
+        missing = r["missing_seeds"]
+        seeds = f"{n}" + (f" (+{missing} without a result)" if missing else "")
         cells = [r["environment"], r["algo"], seeds, _number(r["mean"], 2), _number(r["iqm"], 2),
                  f"[{_number(r['ci_low'], 2)}, {_number(r['ci_high'], 2)}]",
                  _number(r["reference"], 1), f"{_steps(r['budget_steps'])}{ref_steps}", to_ref,
