@@ -119,8 +119,11 @@ def finished(run_dir: Path) -> bool:
 
 
 def resumable(run_dir: Path) -> bool:
-    """A run that stopped before its end and left a training checkpoint to continue from."""
-    return (run_dir / "checkpoint").is_dir() and any((run_dir / "checkpoint").glob("state-*.json"))
+    """A run that stopped before its end and left an intact training checkpoint to continue
+    from (the one `resume=` would load)."""
+    from jaxac.checkpoint import find_checkpoint
+
+    return find_checkpoint(run_dir) is not None
 
 
 def _read_json(path: Path) -> dict | None:

@@ -49,8 +49,16 @@ def test_plan_seeds_and_directories(tmp_path):
     assert "seed=10" in a2c and "seeds=3" in a2c and "env.solve_threshold=1.0" in a2c
     assert jobs[2].run_dir == tmp_path / "runs" / "a3c_catch" / "seed11"
     # A run that stopped with a checkpoint continues from it rather than starting again.
-    (jobs[1].run_dir / "checkpoint").mkdir(parents=True)
-    (jobs[1].run_dir / "checkpoint" / "state-000000001000.json").write_text("{}")
+    from jaxac.checkpoint import _digest
+
+    folder = jobs[1].run_dir / "checkpoint"
+    folder.mkdir(parents=True)
+    (folder / "state-000000001000.json").write_text("{}")  # corrupt: not resumable
+    assert suite.resumable(jobs[0].run_dir) is False and suite.resumable(jobs[1].run_dir) is False
+    payload, meta = b"state", {"env_steps": 1000}
+    (folder / "state-000000001000.msgpack").write_bytes(payload)
+    (folder / "state-000000001000.json").write_text(
+        json.dumps({**meta, "sha256": _digest(payload, meta)}))
     assert jobs[1].command()[-1] == f"resume={jobs[1].run_dir}"
     assert not suite.finished(jobs[1].run_dir)
 
