@@ -208,16 +208,14 @@ def interquartile_mean(values: np.ndarray) -> float:
     return float(np.sum(weights * x) / np.sum(weights))
 
 
-def bootstrap_interval(values: np.ndarray, statistic=np.mean, confidence: float = CONFIDENCE,
+def bootstrap_interval(values: np.ndarray, confidence: float = CONFIDENCE,
                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of `statistic` over the seeds in `values`."""
+    """Percentile bootstrap confidence interval of the mean over the seeds in `values`."""
     x = np.asarray(values, float)
     if len(x) == 1 or np.all(x == x[0]):
         return float(x[0]), float(x[0])
     rng = np.random.default_rng(seed)
-    draws = x[rng.integers(0, len(x), (resamples, len(x)))]
-    stats = np.apply_along_axis(statistic, 1, draws) if statistic is not np.mean \
-        else draws.mean(axis=1)
+    stats = x[rng.integers(0, len(x), (resamples, len(x)))].mean(axis=1)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
     return float(low), float(high)
