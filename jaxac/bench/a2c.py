@@ -22,6 +22,7 @@ from jaxac import a2c
 from jaxac.bench.roofline import (ROLLOUT, FlopCount, default_matmul_size, flop_bound_fraction,
                                   inference_rates, matmul_timer, network_pass_rates,
                                   training_flops_per_step)
+from jaxac.bench.solve import SB3_SETTINGS
 from jaxac.bench.timing import (Spread, in_child_process, run_in_threads, spread, step_rates,
                                 to_json)
 from jaxac.checkpoint import network_from_config
@@ -129,7 +130,7 @@ class Training:
 def settings(env: str) -> list[str]:
     """The learner settings the bench trains `env` with: SB3's on CartPole (the comparison with
     SB3 needs them), the preset's elsewhere."""
-    return ["+experiment=sb3_a2c"] if env == "cartpole" else []
+    return SB3_SETTINGS if env == "cartpole" else []
 
 
 def training_rates(env: str, workers: int, repeats: int, seconds: float,

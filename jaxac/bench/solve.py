@@ -12,6 +12,10 @@ from pathlib import Path
 
 from jaxac.bench.timing import Spread, spread
 
+# Stable-Baselines3's A2C settings (conf/experiment/sb3_a2c.yaml): the bench trains A2C on
+# CartPole-v1 with them wherever it is compared with SB3.
+SB3_SETTINGS = ["+experiment=sb3_a2c"]
+
 PHASES = ("cold", "warm")
 
 
@@ -51,7 +55,7 @@ def time_to_solve(algo: str, seeds: int, workdir: Path) -> SolveResult:
             start = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "jaxac.run", f"algo={algo}", f"seed={seed}",
-                 *(["+experiment=sb3_a2c"] if algo == "a2c" else []),  # as SB3 is run
+                 *(SB3_SETTINGS if algo == "a2c" else []),  # as SB3 is run
                  "stop_when_solved=true", "eval_episodes=0", f"compilation_cache_dir={cache}",
                  f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
             process_seconds = time.perf_counter() - start
