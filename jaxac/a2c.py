@@ -23,7 +23,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxac import core
+from jaxac import core, distributed
 from jaxac.checkpoint import CheckpointInfo, load_checkpoint
 from jaxac.config import steps_per_update
 from jaxac.envs import EnvCarry, EnvSpec, reset_envs, solve_threshold
@@ -168,7 +168,10 @@ class A2CLearner:
         return self.place(jax.tree.map(lambda *xs: jnp.stack(xs), *agents))
 
     def place(self, state: TrainState) -> TrainState:
-        """Put a (host or device) state onto the mesh: environments split, the rest replicated."""
+        """Put a (host or device) state onto the mesh: environments split, the rest replicated.
+        In a multi-process run every process passes the same whole state and keeps its shards."""
+        if distributed.process_count() > 1:
+            return distributed.place(jax.device_get(state), self._shardings(state))
         return jax.device_put(state, self._shardings(state))
 
     def _specs(self, state: TrainState) -> TrainState:
@@ -334,7 +337,7 @@ class A2CTrainer:
 
     def restore(self, checkpoint: CheckpointInfo) -> None:
         self.state = self.learner.place(load_checkpoint(checkpoint,
-                                                        jax.device_get(self.state)))
+                                                        distributed.to_host(self.state)))
         self.updates_done = int(checkpoint.meta["updates_done"])
 
     def compile(self) -> float:
@@ -369,7 +372,8 @@ class A2CTrainer:
         return contextlib.nullcontext(True)  # between calls the state is always consistent
 
     def checkpoint(self) -> tuple[Any, dict]:
-        return self.state, {"updates_done": self.updates_done}
+        # The whole state, on every process (a multi-process run gathers the environments).
+        return distributed.to_host(self.state), {"updates_done": self.updates_done}
 
     def divergence(self) -> Divergence | None:
         """The first seed's divergence in the last interval, if any seed went non-finite."""

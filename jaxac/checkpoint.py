@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import serialization
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac.config import require
+from jaxac.config import DistributedConfig, require
 from jaxac.envs import EnvSpec, make_env
 from jaxac.metrics import json_safe, temporary_path, write_json
 from jaxac.rundir import check_resume_path
@@ -221,16 +221,19 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str | os.PathLike, every: int, keep: int,
-                 resume_from: CheckpointInfo | None = None, identity: dict | None = None):
+                 resume_from: CheckpointInfo | None = None, identity: dict | None = None,
+                 write: bool = True):
         """`identity`: the run's `run_identity`, stored with every checkpoint and checked on
-        resume."""
+        resume. `write=False`: keep the cadence but write nothing (the processes other than 0
+        of a multi-process run)."""
         self.run_dir, self.every, self.keep = Path(run_dir), int(every), max(1, int(keep))
+        self.write = write
         self.resume_from, self.identity = resume_from, identity
         # which checkpoints are this run's (the only ones retention may delete): kept on resume
         self.run_id = (resume_from.meta.get("run_id") if resume_from else None) or uuid.uuid4().hex
         self.last_env_steps = resume_from.env_steps if resume_from else None
         self._next = self._next_after(self.last_env_steps or 0)
-        if resume_from is not None:
+        if resume_from is not None and write:
             self._set_aside_newer_than(resume_from.env_steps)
 
     def _set_aside_newer_than(self, env_steps: int) -> None:
@@ -273,6 +276,9 @@ class Checkpointer:
         """Write `tree` and `meta` (which must hold `env_steps`) as the newest checkpoint."""
         env_steps = int(meta["env_steps"])
         base = self.run_dir / CHECKPOINT_DIR / f"state-{env_steps:012d}"
+        if not self.write:
+            self.last_env_steps, self._next = env_steps, self._next_after(env_steps)
+            return base.with_suffix(".msgpack")
         payload = save_tree(base.with_suffix(".msgpack"), tree)
         meta = json_safe({**meta, "run": self.identity, "run_id": self.run_id, "format": 2})
         # The metadata goes last: a checkpoint without it is incomplete and never loaded.
@@ -306,10 +312,16 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
              "a run directory holding an intact training checkpoint (checkpoint/state-*.json); "
              "this one has none")
     cfg = OmegaConf.load(saved)
+    # How the processes are started is this invocation's, not the run's: a run of 2 processes
+    # resumes as 1 (or 4) where its batch divides evenly.
+    cfg.distributed = OmegaConf.structured(DistributedConfig)
     changeable = ", ".join(RESUME_CHANGEABLE)
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
         if key == "resume" or key.startswith("hydra"):
+            continue
+        if key.startswith("distributed."):
+            OmegaConf.update(cfg, key, override.value())
             continue
         value = override.value()
         require(key in RESUME_CHANGEABLE, key, value,

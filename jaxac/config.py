@@ -93,10 +93,25 @@ class A3CConfig(AlgoConfig):
 
 
 @dataclass
+class DistributedConfig:
+    """One A2C run over several processes (hosts) with jax.distributed (jaxac/distributed.py)."""
+
+    num_processes: int = 1  # 1: a single-process run (the default)
+    process_id: int = 0  # this process's index, 0 .. num_processes - 1; 0 owns the run directory
+    coordinator: Optional[str] = None  # HOST:PORT where process 0 serves the coordinator
+    auto: bool = False  # take all three from the cluster environment JAX detects (SLURM, Open MPI)
+    timeout: int = 60  # seconds to wait for every process to join (and for a peer to answer)
+    # seconds without a heartbeat after which JAX's coordinator declares a process lost (and
+    # aborts the others); jaxac's own watch names a lost peer after half of it
+    heartbeat_timeout: int = 10
+
+
+@dataclass
 class Config:
     algo: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     seed: int = 0
     seeds: int = 1  # independent agents trained side by side (vmapped)
     workers: int = 8  # parallel actors: vmapped environments for A2C, threads for A3C
@@ -145,11 +160,24 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("jaxac_if"):
         OmegaConf.register_new_resolver("jaxac_if", lambda cond, then, otherwise:
                                         then if cond else otherwise)
+    # `${jaxac_process:PROCESS_ID,AUTO}`: this process's index in a multi-process run (the
+    # configured one, or with auto the cluster environment's); its log file and `.hydra/` follow.
+    if not OmegaConf.has_resolver("jaxac_process"):
+        OmegaConf.register_new_resolver("jaxac_process", _planned_process_index)
     cs.store(name="base_config", node=Config)
     cs.store(group="hydra/launcher", name="jaxac_basic", node=JaxacLauncherConf)
     cs.store(group="hydra/sweeper", name="jaxac_basic", node=JaxacSweeperConf)
     cs.store(group="algo", name="a2c_schema", node=A2CConfig)
     cs.store(group="algo", name="a3c_schema", node=A3CConfig)
+
+
+def _planned_process_index(process_id: int, auto: bool) -> int:
+    if not auto:
+        return int(process_id)
+    from jaxac.distributed import _cluster
+
+    cluster = _cluster()
+    return int(cluster.get_process_id()) if cluster is not None else 0
 
 
 class ConfigError(ValueError):
@@ -233,9 +261,10 @@ def _floats(value: Any) -> list[float]:
     return []
 
 
-def validate(cfg: DictConfig, available_devices: int) -> None:
+def validate(cfg: DictConfig, available_devices: int, processes: int = 1) -> None:
     """Check every key and every value that the schema's types cannot; raise ConfigError on the
-    first bad one."""
+    first bad one. `available_devices`: this process's; `processes`: of a multi-process run,
+    whose batch splits over the devices of every process (`devices` counts one process's)."""
     from jaxac.envs import env_names, make_env, unknown_env_message
 
     algo = cfg.algo
@@ -294,17 +323,22 @@ def validate(cfg: DictConfig, available_devices: int) -> None:
     if cfg.compilation_cache_dir is not None:
         check_writable_dir("compilation_cache_dir", cfg.compilation_cache_dir)
     validate_xla_cpu_threads(cfg)
+    from jaxac import distributed
+
+    distributed.validate(cfg)
     if cfg.devices is not None:
         require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
                  f"between 1 and the {available_devices} available device(s), or null for all "
                  "(on a machine without accelerators a fresh process gets as many CPU devices as "
                  "`devices` asks for)")
-    n_devices = cfg.devices or available_devices
+    n_devices = (cfg.devices or available_devices) * processes
     if algo.name == "a3c":
         _validate_a3c(cfg)
     if algo.name == "a2c":
+        count = (f"{n_devices}: {n_devices // processes} per process x {processes} processes"
+                 if processes > 1 else f"{n_devices}")
         require(cfg.workers % n_devices == 0, "workers", cfg.workers,
-                 f"a multiple of the number of devices ({n_devices}), so the environment batch "
+                 f"a multiple of the number of devices ({count}), so the environment batch "
                  "splits evenly")
 
 

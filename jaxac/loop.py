@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, ContextManager, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 from jaxac.checkpoint import Checkpointer, CheckpointInfo, FinalWriteFailed
 from jaxac.metrics import MetricsWriter, Progress, mean_or_none, resident_memory_mb
@@ -101,7 +101,7 @@ def _per_seed(value: Any, seeds: int) -> list:
 
 def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: StopRequest,
           checkpointer: Checkpointer, *, seed: int, log_interval: int,
-          stop_when_solved: bool) -> TrainResult:
+          stop_when_solved: bool, agree: Callable[[bool], bool] = bool) -> TrainResult:
     """Train with `trainer` to its step budget, logging every `log_interval` env steps.
 
     Starts from `checkpointer.resume_from` when it names a checkpoint. Writes a checkpoint every
@@ -109,7 +109,9 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
     requested (SIGINT/SIGTERM) training stops at the next safe point, a checkpoint is written
     and the result so far is returned, marked interrupted. When training goes non-finite it
     stops there, and the last good checkpoint stays the newest. A trainer's failure is raised
-    once the metrics so far are written.
+    once the metrics so far are written. `agree` turns this process's stop request into the
+    run's decision (a multi-process run: any process's, `distributed.StopVote`), taken after
+    every interval so that all processes stop after the same one.
     """
     resume = checkpointer.resume_from
     if resume is not None:
@@ -150,10 +152,12 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
                                    checkpointer.last_env_steps) from error
 
     divergence = None
+    stopping = agree(stop.requested)
     trainer.start()
     try:
-        while not trainer.finished and not stop.requested:
+        while not trainer.finished and not stopping:
             trainer.advance(last["steps"] + log_interval, stop)
+            stopping = agree(stop.requested)
             due = checkpointer.due(trainer.env_steps)
             with trainer.paused() if due else contextlib.nullcontext(False) as consistent:
                 rows = trainer.log_rows()
@@ -182,5 +186,5 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
     params, obs_stats = trainer.policy()
     return TrainResult(params, obs_stats, trainer.env_steps, compile_seconds, clock.seconds(),
                        clock.rates, clock.solved_env_steps, clock.solved_wall_seconds,
-                       interrupted=stop.requested and not trainer.finished and divergence is None,
+                       interrupted=stopping and not trainer.finished and divergence is None,
                        diverged=divergence, extra=trainer.summary())

@@ -43,19 +43,24 @@ class MetricsWriter:
     """Appends metric records to `metrics.jsonl`; each line is written whole and flushed at once,
     so a killed run keeps every line logged before the kill."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, write: bool = True):
+        """`write=False`: count the records, write none (the processes other than 0 of a
+        multi-process run)."""
         self.path = Path(run_dir) / METRICS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lines = len(_read_lines(self.path))  # lines in the file (a resumed run appends)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = None
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(json_safe(record)) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(json_safe(record)) + "\n")
+            self._file.flush()
         self.lines += 1
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()

@@ -46,6 +46,11 @@ SMALL_A2C_BATCH = 64
 MIN_ENVS_PER_CPU_DEVICE = 32
 
 
+# The layout `jaxac.run` applied in this process before jax.distributed started JAX (a process of
+# a multi-process run sets up its platform early, from a Hydra callback, and reports it later).
+applied_layout: "Layout | None" = None
+
+
 class ThreadsAlreadyFixed(RuntimeError):
     """JAX's CPU client already exists in this process, with another thread count."""
 

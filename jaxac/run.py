@@ -7,7 +7,8 @@ the training checkpoints `checkpoint/state-*`. `resume=RUN_DIR` continues a run 
 Exit status: 0 done, 1 an A3C worker failed, 2 invalid configuration (Hydra's own type and key
 errors too), 3 training diverged (non-finite loss, gradient or parameters), 4 a write failed (the
 trained parameters are rescued where the message says), 5 an internal error (with its
-traceback), 130 interrupted (SIGINT/SIGTERM). A failed run writes `failure.json`. In a sweep
+traceback), 6 a multi-process run lost a process or could not join (`jaxac.distributed`), 130
+interrupted (SIGINT/SIGTERM). A failed run writes `failure.json`. In a sweep
 (`-m`) a failed job is recorded as failed, the other jobs still run, and the sweep exits with
 status 1.
 """
@@ -29,7 +30,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac import a2c, a3c, loop, rundir
+from jaxac import a2c, a3c, distributed, loop, rundir
 from jaxac.rundir import FAILURE_FILE, record_failure
 from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
@@ -78,31 +79,60 @@ def _execute(cfg: DictConfig, run_dir: str | Path | None,
     Raises ConfigError (before anything is compiled or written) on an invalid configuration.
     """
     checkpoint = None
+    # Process 0 of a multi-process run (or the only process) owns the run directory.
+    main_process = (not distributed.requested(cfg)
+                    or distributed.planned_process(cfg)[0] == 0)
     if cfg.get("resume"):
         rundir.check_resume_path(cfg.resume)
-        rundir.lock(cfg.resume, "resume")  # before the resume reads what it continues
+        if main_process:
+            rundir.lock(cfg.resume, "resume")  # before the resume reads what it continues
         cfg = resume_config(cfg.resume, overrides)
         run_dir = cfg.resume
         checkpoint = find_checkpoint(run_dir)
     else:
         rundir.check_name("env.name", cfg.env.name)
-        rundir.claim_fresh(run_dir)
+        if main_process:
+            rundir.claim_fresh(run_dir)
+    distributed.validate(cfg)
     layout = set_up_platform(cfg)  # before anything starts JAX
-    validate(cfg, len(jax.devices()))
-    use_compilation_cache(cfg.compilation_cache_dir)
+    distributed.start(cfg)
+    validate(cfg, len(jax.local_devices()), distributed.process_count())
+    distributed.check_same_config(cfg)
     run_dir = Path(run_dir)
+    monitor = distributed.PeerMonitor(float(cfg.distributed.heartbeat_timeout) / 2,
+                                      on_lost=lambda message: _lost(message, run_dir, cfg,
+                                                                    main_process)).start()
+    try:
+        return _train_and_record(cfg, run_dir, checkpoint, layout, main_process)
+    finally:
+        monitor.finished()
+
+
+def _lost(message: str, run_dir: Path, cfg: DictConfig, main_process: bool) -> None:
+    """A peer of a multi-process run is gone: record it (process 0) and end this process now."""
+    if main_process and not cfg.get("resume"):
+        record_failure(run_dir, "lost_process", message, exit_code=distributed.EXIT_LOST)
+    distributed.abandon(f"{message}\nMetrics up to the loss are in {run_dir}/metrics.jsonl")
+
+
+def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platform.Layout,
+                      main_process: bool) -> dict[str, Any]:
+    """The body of `_execute` once the run's directory, config and processes are settled."""
+    use_compilation_cache(cfg.compilation_cache_dir)
     saved_config = run_dir / ".hydra" / "config.yaml"
-    if checkpoint is not None:
+    if checkpoint is not None and main_process:
         OmegaConf.save(cfg, saved_config)  # the changed keys, e.g. a longer total_steps
         aside = truncate_metrics(run_dir, int(checkpoint.meta["metrics_lines"]))
         log.info(f"resuming {run_dir} from its checkpoint at env step {checkpoint.env_steps:,}"
                  + (f"; metric lines logged after it were moved to {aside.name}" if aside else ""))
-    elif not saved_config.exists():  # Hydra writes it for CLI runs; keep API runs loadable too
+    elif main_process and not saved_config.exists():  # Hydra writes it for CLI runs
         saved_config.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, saved_config)
     spec = make_env(cfg.env.name)
     network = network_from_config(cfg, spec)
-    devices = jax.devices()[: cfg.devices or len(jax.devices())]
+    # A multi-process run's mesh is every device of every process.
+    devices = (jax.devices() if distributed.process_count() > 1
+               else jax.devices()[: cfg.devices or len(jax.devices())])
     threshold = solve_threshold(cfg.env.name, cfg.env.solve_threshold)
     progress = Progress(f"{cfg.algo.name} {cfg.env.name}", int(cfg.total_steps),
                         float(cfg.progress_seconds), int(cfg.seeds))
@@ -110,11 +140,16 @@ def _execute(cfg: DictConfig, run_dir: str | Path | None,
              f"{cfg.rollout_length} steps per update, {cfg.total_steps:,} env steps per seed, "
              f"{len(devices)} device(s); writing to {run_dir}")
     set_by = "automatic" if layout.automatic else "as set"
-    log.info(f"layout ({set_by}): {len(devices)} {devices[0].platform.upper()} device(s), "
+    per_process = (f" ({len(jax.local_devices())} per process x "
+                   f"{distributed.process_count()} processes)"
+                   if distributed.process_count() > 1 else "")
+    log.info(f"layout ({set_by}): {len(devices)} {devices[0].platform.upper()} device(s)"
+             f"{per_process}, "
              f"xla_cpu_threads={platform.xla_cpu_threads() or 'one per core'}: {layout.reason}")
 
     checkpointer = Checkpointer(run_dir, int(cfg.checkpoint_every), int(cfg.checkpoint_keep),
-                                resume_from=checkpoint, identity=run_identity(cfg))
+                                resume_from=checkpoint, identity=run_identity(cfg),
+                                write=main_process)
     def aborted(name: str) -> None:
         if checkpoint is None:  # a resumed run's files stay as its last stop left them
             record_failure(run_dir, "aborted", f"ended by a second {name}; metrics and the last "
@@ -123,26 +158,42 @@ def _execute(cfg: DictConfig, run_dir: str | Path | None,
     # Until the summary is written, a second Ctrl-C ends the run within a second (signals.py).
     with StopRequest(on_abort=aborted) as stop:
         trainer = TRAINERS[cfg.algo.name](cfg, spec, network, devices)  # compiles its init
-        with MetricsWriter(run_dir) as writer:
-            result = loop.train(trainer, writer, progress, stop, checkpointer,
-                                seed=int(cfg.seed), log_interval=int(cfg.log_interval),
-                                stop_when_solved=bool(cfg.stop_when_solved))
+        # Below the heartbeat timeout: a lost peer is named here before JAX's coordinator
+        # aborts every process for it.
+        vote = distributed.StopVote(float(cfg.distributed.heartbeat_timeout) / 2,
+                                    float(cfg.distributed.timeout))
+        with MetricsWriter(run_dir, write=main_process) as writer:
+            try:
+                result = loop.train(trainer, writer, progress, stop, checkpointer,
+                                    seed=int(cfg.seed), log_interval=int(cfg.log_interval),
+                                    stop_when_solved=bool(cfg.stop_when_solved),
+                                    agree=vote.any)
+            except Exception as error:
+                if distributed.process_count() > 1 and distributed.is_collective_failure(error):
+                    raise distributed.lost_in_collective(error) from error
+                raise
         if result.interrupted:
             log.warning(f"stopping on {stop.signal_name}: checkpoint written at env step "
                         f"{result.env_steps:,}; writing the evaluation and summary of what was "
                         f"trained so far. Continue with: python -m jaxac.run resume={run_dir}")
         if result.diverged is not None:
             log.error(result.diverged.message())
-        else:  # a diverged policy is not worth saving or evaluating
-            save_policy(run_dir, result.params, result.obs_stats)
+        params, obs_stats = distributed.to_host((result.params, result.obs_stats))
+        if result.diverged is None and main_process:  # a diverged policy is not worth saving
+            save_policy(run_dir, params, obs_stats)
 
         eval_returns = np.zeros((int(cfg.seeds), 0))
-        if cfg.eval_episodes > 0 and result.diverged is None:
-            eval_returns = evaluate_seeds(spec, network.apply, result.params, result.obs_stats,
+        # The final evaluation runs once, on process 0, on its own copy of the parameters.
+        if cfg.eval_episodes > 0 and result.diverged is None and main_process:
+            eval_returns = evaluate_seeds(spec, network.apply, params, obs_stats,
                                           jax.random.PRNGKey(int(cfg.seed) + 1_000_003),
                                           int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
         summary = build_summary(cfg, result, eval_returns, threshold, layout, devices,
                                 checkpoint.env_steps if checkpoint else None)
+        if not main_process:
+            log.info(f"process {distributed.process_index()}: training done; process 0 writes "
+                     f"the records into {run_dir}")
+            return summary
         write_json(run_dir / "summary.json", summary)
         try:
             metrics = read_metrics(run_dir)
@@ -171,16 +222,21 @@ def set_up_platform(cfg: DictConfig) -> platform.Layout:
     validate_xla_cpu_threads(cfg)
     devices = cfg.get("devices") if isinstance(cfg.get("devices"), int) else None
     threads = cfg.get("xla_cpu_threads")
+    if platform.jax_started() and platform.applied_layout is not None:
+        return platform.applied_layout  # this run's, set up before jax.distributed started JAX
     if platform.jax_started():  # its devices and threads are fixed: keep them
         layout = platform.Layout(None, threads, "JAX already runs in this process: its devices "
                                  "and thread count as they are", False)
     else:
-        layout = platform.choose_layout(cfg.algo.name, int(cfg.workers), int(cfg.seeds),
-                                        devices, threads)
+        # A process of a multi-process run lays out its own share of the batch.
+        processes = distributed.planned_process(cfg)[1] if distributed.requested(cfg) else 1
+        layout = platform.choose_layout(cfg.algo.name, max(int(cfg.workers) // processes, 1),
+                                        int(cfg.seeds), devices, threads)
     try:
         platform.set_up(layout.xla_cpu_threads, layout.cpu_devices)
     except platform.ThreadsAlreadyFixed as fixed:
         raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
+    platform.applied_layout = layout if distributed.requested(cfg) else None
     return layout
 
 
@@ -271,7 +327,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error(message)
         # a failed resume leaves the resumed run's files as they were, and another run's
         # directory is not written to
-        if record and not cfg.get("resume"):
+        if record and not cfg.get("resume") and distributed.is_main():
             record_failure(run_dir, kind, message, exit_code=exit_code, **details)
         if in_sweep:
             raise JobFailed(f"{message}\n(job directory: {run_dir}; failure recorded in "
@@ -280,6 +336,8 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         summary = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
+    except distributed.DistributedError as error:  # a lost process: end now, never hang
+        return _lost(str(error), Path(cfg.get("resume") or run_dir), cfg, distributed.is_main())
     except ConfigError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

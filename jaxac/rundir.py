@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from jaxac.config import ConfigError, check_writable_dir
 from jaxac.metrics import write_json
@@ -133,8 +133,14 @@ class OwnershipCallback(Callback):
     into directory names, and claim the run directory (or the sweep directory)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from jaxac import distributed
+
         try:
             check_name("env.name", config.env.name)
+            if distributed.requested(config):
+                distributed.validate(config)
+                self._join_run(config)
+                return
             resume = config.get("resume")
             if resume:
                 check_resume_path(resume)
@@ -143,6 +149,44 @@ class OwnershipCallback(Callback):
                 claim_fresh(OmegaConf.select(config, "hydra.run.dir"))
         except ConfigError as error:
             refuse(error)
+
+    @staticmethod
+    def _join_run(config: DictConfig) -> None:
+        """A process of a multi-process run: join the others, then process 0 claims the run
+        directory and every other process writes into it (only its own log file, and no
+        `.hydra/`), or all of them stop with process 0's refusal."""
+        from jaxac import distributed
+        from jaxac.run import set_up_platform
+
+        set_up_platform(config)  # before jax.distributed starts JAX's runtime
+        distributed.start(config)
+        resume = config.get("resume")
+        if distributed.is_main():
+            refusal = None
+            try:
+                if resume:
+                    check_resume_path(resume)
+                    lock(resume, "resume")
+                else:
+                    claim_fresh(OmegaConf.select(config, "hydra.run.dir"))
+            except ConfigError as error:
+                refusal = str(error)
+            target = str(Path(resume or OmegaConf.select(config, "hydra.run.dir")).absolute())
+            try:
+                distributed.share_run_dir(target, refusal, float(config.distributed.timeout))
+            except distributed.DistributedError as error:
+                distributed.abandon(str(error))
+            if refusal:
+                print(f"configuration error: {refusal}", file=sys.stderr)
+                sys.exit(2)
+            return
+        try:
+            run_dir = distributed.share_run_dir(None, None, float(config.distributed.timeout))
+        except distributed.DistributedError as error:
+            distributed.abandon(str(error), 2 if "refused" in str(error) else None)
+        if not resume:
+            with open_dict(config.hydra), read_write(config.hydra):
+                config.hydra.run.dir = run_dir
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
