@@ -10,7 +10,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-SECTIONS = ("a2c", "a3c", "solve")
+SECTIONS = ("a2c", "a3c", "solve", "distributed")
 
 
 def parse_workers(value: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--a3c-steps", type=int, default=20_000,
                         help="env steps per A3C measurement")
     parser.add_argument("--solve-seeds", type=int, default=5)
+    parser.add_argument("--distributed-workers", default=None,
+                        help="comma-separated A2C worker counts of the multi-process section "
+                             "(default 512,4096)")
     parser.add_argument("--vs", choices=["sb3"], default=None,
                         help="also train Stable-Baselines3's A2C (needs the sb3 extra)")
     args = parser.parse_args(argv)
@@ -114,6 +117,14 @@ def run(args: argparse.Namespace, sections: set[str]):
         with tempfile.TemporaryDirectory() as tmp:
             results.solve = [solve.time_to_solve(algo, args.solve_seeds, Path(tmp))
                              for algo in ("a2c", "a3c")]
+    if "distributed" in sections:
+        from jaxac.bench import distributed
+
+        results.distributed = distributed.measure(
+            parse_workers(args.distributed_workers, distributed.WORKERS), min(args.repeats, 3))
+        for row in results.distributed:
+            print(f"A2C workers={row.workers}: 2 processes / 1 process = {row.ratio:.2f}",
+                  flush=True)
     if args.vs == "sb3":
         from jaxac.bench import sb3
 
@@ -123,10 +134,12 @@ def run(args: argparse.Namespace, sections: set[str]):
     write_json(out / "bench.json", timing.to_json(results))
     table = report.report(results)
     (out / "bench.txt").write_text(table + "\n")
+    written = ["bench.json", "bench.txt"]
     if results.a2c or results.a3c:
         report.plot(results, out / "bench.png")
+        written.append("bench.png")
     print(table)
-    print(f"\nwritten to {out}/ (bench.json, bench.txt, bench.png)")
+    print(f"\nwritten to {out}/ ({', '.join(written)})")
     return results
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jaxac.bench.a2c import A2CRow, DefaultLayoutRow, DeviceRow, OneCoreRow, SplitRow
 from jaxac.bench.a3c import A3CRow, CallCost, CeilingRow
+from jaxac.bench.distributed import DistributedRow
 from jaxac.bench.roofline import ROLLOUT
 from jaxac.bench.sb3 import SB3Result
 from jaxac.bench.solve import SolveResult
@@ -44,6 +45,7 @@ class BenchResults:
     a3c_ceiling: list[CeilingRow] = field(default_factory=list)
     a3c_floor: dict[str, CallCost] = field(default_factory=dict)
     solve: list[SolveResult] = field(default_factory=list)
+    distributed: list[DistributedRow] = field(default_factory=list)
     sb3: SB3Result | None = None
 
 
@@ -206,6 +208,14 @@ def report(results: BenchResults) -> str:
                              f"{_fmt_spread(p.env_steps):<30}"
                              f"{_fmt_spread(p.train_seconds, 1):<26}"
                              f"{_fmt_spread(p.compile_seconds, 1):<20}")
+    if results.distributed:
+        lines += ["", "A2C on CartPole-v1 beyond one process: 2 processes x 1 CPU device "
+                      "(jax.distributed on loopback, gloo) against 1 process x 2 CPU devices",
+                  f"{'workers':<9}{'1 process steps/s':<30}{'2 processes steps/s':<30}"
+                  f"{'2 / 1':>6}"]
+        for r in results.distributed:
+            lines.append(f"{r.workers:<9}{_fmt_spread(r.one_process):<30}"
+                         f"{_fmt_spread(r.two_processes):<30}{r.ratio:>6.2f}")
     if results.sb3:
         s = results.sb3
         lines += ["", f"Stable-Baselines3 {s.version} A2C (torch {s.torch}), "
