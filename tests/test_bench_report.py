@@ -8,6 +8,7 @@ import pytest
 from jaxac.bench import roofline, sb3
 from jaxac.bench.__main__ import load, main
 from jaxac.bench.a2c import A2CRow, OneCoreRow
+from jaxac.bench.distributed import DistributedRow
 from jaxac.bench.sb3 import SB3Result
 from jaxac.bench.solve import SolvePhase, SolveResult, summarize
 from jaxac.bench.timing import spread
@@ -114,9 +115,12 @@ def test_report_plot_and_json_round_trip_of_typed_rows(tmp_path):
                            a2c_default=[DefaultLayoutRow("CartPole-v1", 8, "1 device", 305_289.5,
                                                          "1 device", 305_289.5, 1.0)],
                            a3c=[A3CRow(1, "locked", _spread(40_321.0), _spread(8_064.2),
-                                       _spread(0.0), _spread(1.3), _spread(150.0))])
+                                       _spread(0.0), _spread(1.3), _spread(150.0))],
+                           distributed=[DistributedRow(512, _spread(933_875.0),
+                                                       _spread(496_907.0), 496_907 / 933_875)])
     text = report(results)
-    for figure in ("305,290", "40,321", "8,064", "6.0%"):  # medians and the fraction, formatted
+    # medians, the fraction and the 2-process / 1-process ratio, formatted
+    for figure in ("305,290", "40,321", "8,064", "6.0%", "933,875", "496,907", "0.53"):
         assert figure in text, figure
     plot(results, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 5000

@@ -124,7 +124,7 @@ def test_the_config_check_ignores_only_the_process_id():
 def test_two_processes_train_as_one_process_with_their_devices_and_resume_as_one(tmp_path):
     """2 processes x 2 CPU devices = 1 process x 4 CPU devices, metric for metric; the
     2-process run then resumes as 1 process and ends where the 1-process run does."""
-    steps = ["log_interval=1000", "eval_episodes=5", "checkpoint_every=0"]
+    steps = ["log_interval=1000", "eval_episodes=0", "checkpoint_every=0"]
     one = tmp_path / "one"
     single = jaxac_run(*SAME_AS_FOUR_DEVICE_TEST, *steps, "devices=4", "total_steps=6000",
                        f"hydra.run.dir={one}")
@@ -150,9 +150,7 @@ def test_two_processes_train_as_one_process_with_their_devices_and_resume_as_one
     assert code == 0, out[-3000:]
     assert_rows_match(metric_rows(two), expected)
     np.testing.assert_allclose(policy_vector(two), policy_vector(one), rtol=2e-4, atol=2e-5)
-    resumed = json.loads((two / "summary.json").read_text())
-    assert resumed["final_eval"]["return_mean"] == pytest.approx(
-        json.loads((one / "summary.json").read_text())["final_eval"]["return_mean"], rel=1e-3)
+    assert json.loads((two / "summary.json").read_text())["resumed_from_env_steps"] == 3000
 
 
 @pytest.mark.slow
@@ -189,10 +187,17 @@ def test_a_killed_process_ends_the_run_within_seconds_and_it_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_one_terminal_stops_every_process_after_the_same_update(tmp_path):
+def test_a_two_task_slurm_job_forms_one_run_and_ctrl_c_in_one_task_stops_both(tmp_path):
+    """The SLURM variables of a 2-task job, set by hand around two local processes
+    (distributed.auto=true); then SIGINT to task 1 alone stops both after the same update."""
     run_dir = tmp_path / "run"
-    procs = processes(2, ["devices=1", "workers=8", "total_steps=20000000", "log_interval=4000",
-                          "eval_episodes=2"], run_dir)
+    slurm = {"SLURM_JOB_ID": str(os.getpid()), "SLURM_NTASKS": "2",
+             "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1"}
+    procs = [jaxac_run("distributed.auto=true", "devices=1", "workers=8",
+                       "total_steps=20000000", "log_interval=4000", "eval_episodes=2",
+                       f"hydra.run.dir={run_dir}",
+                       env={**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
+             for i in range(2)]
     deadline = time.monotonic() + 240
     while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text():
         assert time.monotonic() < deadline and procs[0].poll() is None, "no metrics written"
@@ -200,10 +205,13 @@ def test_ctrl_c_in_one_terminal_stops_every_process_after_the_same_update(tmp_pa
     procs[1].send_signal(signal.SIGINT)
     results = finish(procs, timeout=120)
     assert [code for code, _ in results] == [130, 130], results[0][1][-2000:]
+    assert "process 1 of 2 joined: 1 local and 2 devices in all" in results[1][1]
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["layout"]["devices"]) == 2
     assert summary["interrupted"] and summary["env_steps"] < 20000000
     kept = sorted((run_dir / "checkpoint").glob("state-*.json"))[-1]
     assert json.loads(kept.read_text())["env_steps"] == summary["env_steps"]
+    assert (run_dir / "run.process1.log").exists()
 
 
 @pytest.mark.slow
@@ -232,23 +240,6 @@ def test_an_unreachable_coordinator_gives_up_after_the_timeout_naming_it():
     assert f"could not reach the coordinator at 127.0.0.1:{port} within distributed.timeout=3 s" \
         in out
     assert time.monotonic() - started < 30
-
-
-@pytest.mark.slow
-def test_a_two_task_slurm_job_forms_one_run(tmp_path):
-    """The SLURM variables of a 2-task job, set by hand around two local processes."""
-    run_dir = tmp_path / "run"
-    slurm = {"SLURM_JOB_ID": str(os.getpid()), "SLURM_NTASKS": "2",
-             "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1"}
-    procs = [jaxac_run("distributed.auto=true", "devices=1", "workers=8", "total_steps=4000",
-                       "eval_episodes=2", f"hydra.run.dir={run_dir}",
-                       env={**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
-             for i in range(2)]
-    for code, out in finish(procs):
-        assert code == 0, out[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(summary["layout"]["devices"]) == 2 and summary["env_steps"] == 4000
-    assert (run_dir / "run.process1.log").exists()
 
 
 @pytest.mark.slow
