@@ -174,9 +174,7 @@ def register_configs() -> None:
 def _planned_process_index(process_id: int, auto: bool) -> int:
     if not auto:
         return int(process_id)
-    from jaxac.distributed import _cluster
-
-    cluster = _cluster()
+    cluster = cluster_environment()
     return int(cluster.get_process_id()) if cluster is not None else 0
 
 
@@ -323,9 +321,7 @@ def validate(cfg: DictConfig, available_devices: int, processes: int = 1) -> Non
     if cfg.compilation_cache_dir is not None:
         check_writable_dir("compilation_cache_dir", cfg.compilation_cache_dir)
     validate_xla_cpu_threads(cfg)
-    from jaxac import distributed
-
-    distributed.validate(cfg)
+    validate_distributed(cfg)
     if cfg.devices is not None:
         require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
                  f"between 1 and the {available_devices} available device(s), or null for all "
@@ -340,6 +336,71 @@ def validate(cfg: DictConfig, available_devices: int, processes: int = 1) -> Non
         require(cfg.workers % n_devices == 0, "workers", cfg.workers,
                  f"a multiple of the number of devices ({count}), so the environment batch "
                  "splits evenly")
+
+
+# ----- a multi-process run (jaxac/distributed.py), as far as it is decided before JAX starts -----
+def multi_process_requested(cfg: DictConfig) -> bool:
+    """Whether the config asks for a multi-process run (more than one process, or `auto`)."""
+    d = cfg.get("distributed")
+    return d is not None and (bool(d.auto) or int(d.num_processes) > 1)
+
+
+def cluster_environment() -> Any | None:
+    """The cluster environment JAX would detect here (SLURM, Open MPI, ...), or None."""
+    from jax._src import clusters
+
+    for env in clusters.ClusterEnv._cluster_types:
+        try:
+            if env.is_env_present():
+                return env
+        except Exception:  # noqa: BLE001 - a detector that cannot decide is not this cluster
+            continue
+    return None
+
+
+def planned_process(cfg: DictConfig) -> tuple[int, int]:
+    """(process id, process count) the config gives this process, read without starting JAX:
+    the configured ones, or with `auto` the cluster environment's. ConfigError when `auto` finds
+    no cluster environment."""
+    d = cfg.distributed
+    if not d.auto:
+        return int(d.process_id), int(d.num_processes)
+    cluster = cluster_environment()
+    if cluster is None:
+        raise ConfigError("distributed.auto", True, "false here: no cluster environment that JAX "
+                          "detects (SLURM: SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID, "
+                          "SLURM_STEP_NODELIST; Open MPI: OMPI_MCA_orte_hnp_uri) is set; give "
+                          "distributed.num_processes, process_id and coordinator instead")
+    return int(cluster.get_process_id()), int(cluster.get_process_count())
+
+
+def validate_distributed(cfg: DictConfig) -> None:
+    """Check the `distributed` keys (before anything starts): ConfigError naming the key."""
+    d = cfg.distributed
+    if not d.auto:
+        n = int(d.num_processes)
+        if n < 1:
+            raise ConfigError("distributed.num_processes", n, "an integer >= 1")
+        if not 0 <= int(d.process_id) < n:
+            raise ConfigError("distributed.process_id", d.process_id,
+                              f"an integer in [0, {n - 1}] (distributed.num_processes={n})")
+        if n > 1 and not d.coordinator:
+            raise ConfigError("distributed.coordinator", d.coordinator,
+                              "HOST:PORT of process 0, where it serves the coordinator (every "
+                              "process gives the same), e.g. 127.0.0.1:29400")
+    if d.coordinator is not None:
+        host, _, port = str(d.coordinator).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("distributed.coordinator", d.coordinator,
+                              "HOST:PORT, e.g. 127.0.0.1:29400 (the port process 0 listens on)")
+    for key in ("timeout", "heartbeat_timeout"):
+        if int(d[key]) < 1:
+            raise ConfigError(f"distributed.{key}", d[key], "a number of seconds >= 1")
+    if multi_process_requested(cfg) and cfg.algo.name != "a2c":
+        raise ConfigError("algo", cfg.algo.name, "a2c for a multi-process run: A3C's workers "
+                          "apply their updates asynchronously, which does not fit jax.distributed's "
+                          "every-process-runs-the-same-program model (an A3C run spans one "
+                          "machine; distributed.num_processes=1)")
 
 
 def check_writable_dir(key: str, value: str) -> None:

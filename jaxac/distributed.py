@@ -31,7 +31,11 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac.config import ConfigError
+from jaxac.config import (ConfigError, cluster_environment, multi_process_requested,
+                          planned_process, validate_distributed)
+
+# What the config asks for, decided before JAX starts, lives in config.py (which this builds on).
+requested, validate, _cluster = multi_process_requested, validate_distributed, cluster_environment
 
 log = logging.getLogger("jaxac")
 
@@ -48,71 +52,6 @@ class DistributedError(RuntimeError):
 
 class LostProcess(DistributedError):
     """Another process of the run died, was killed or stopped answering."""
-
-
-# ----- before JAX starts -------------------------------------------------------------------------
-def requested(cfg: DictConfig) -> bool:
-    """Whether the config asks for a multi-process run (more than one process, or `auto`)."""
-    d = cfg.get("distributed")
-    return d is not None and (bool(d.auto) or int(d.num_processes) > 1)
-
-
-def _cluster() -> Any | None:
-    """The cluster environment JAX would detect here (SLURM, Open MPI, ...), or None."""
-    from jax._src import clusters
-
-    for env in clusters.ClusterEnv._cluster_types:
-        try:
-            if env.is_env_present():
-                return env
-        except Exception:  # noqa: BLE001 - a detector that cannot decide is not this cluster
-            continue
-    return None
-
-
-def planned_process(cfg: DictConfig) -> tuple[int, int]:
-    """(process id, process count) the config gives this process, read without starting JAX:
-    the configured ones, or with `auto` the cluster environment's. ConfigError when `auto` finds
-    no cluster environment."""
-    d = cfg.distributed
-    if not d.auto:
-        return int(d.process_id), int(d.num_processes)
-    cluster = _cluster()
-    if cluster is None:
-        raise ConfigError("distributed.auto", True, "false here: no cluster environment that JAX "
-                          "detects (SLURM: SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID, "
-                          "SLURM_STEP_NODELIST; Open MPI: OMPI_MCA_orte_hnp_uri) is set; give "
-                          "distributed.num_processes, process_id and coordinator instead")
-    return int(cluster.get_process_id()), int(cluster.get_process_count())
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check the `distributed` keys (before anything starts): ConfigError naming the key."""
-    d = cfg.distributed
-    if not d.auto:
-        n = int(d.num_processes)
-        if n < 1:
-            raise ConfigError("distributed.num_processes", n, "an integer >= 1")
-        if not 0 <= int(d.process_id) < n:
-            raise ConfigError("distributed.process_id", d.process_id,
-                              f"an integer in [0, {n - 1}] (distributed.num_processes={n})")
-        if n > 1 and not d.coordinator:
-            raise ConfigError("distributed.coordinator", d.coordinator,
-                              "HOST:PORT of process 0, where it serves the coordinator (every "
-                              "process gives the same), e.g. 127.0.0.1:29400")
-    if d.coordinator is not None:
-        host, _, port = str(d.coordinator).rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError("distributed.coordinator", d.coordinator,
-                              "HOST:PORT, e.g. 127.0.0.1:29400 (the port process 0 listens on)")
-    for key in ("timeout", "heartbeat_timeout"):
-        if int(d[key]) < 1:
-            raise ConfigError(f"distributed.{key}", d[key], "a number of seconds >= 1")
-    if requested(cfg) and cfg.algo.name != "a2c":
-        raise ConfigError("algo", cfg.algo.name, "a2c for a multi-process run: A3C's workers "
-                          "apply their updates asynchronously, which does not fit jax.distributed's "
-                          "every-process-runs-the-same-program model (an A3C run spans one "
-                          "machine; distributed.num_processes=1)")
 
 
 # ----- start-up ----------------------------------------------------------------------------------

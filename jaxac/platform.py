@@ -301,3 +301,33 @@ def use_unrolled_threefry_on_cpu() -> bool:
 def unrolled_threefry_registered() -> bool:
     """Whether `use_unrolled_threefry_on_cpu` ran in this process (without running it)."""
     return use_unrolled_threefry_on_cpu.cache_info().currsize > 0
+
+
+def set_up_run(cfg) -> Layout:
+    """`set_up` with a run config's layout (`choose_layout`: its `devices` and
+    `xla_cpu_threads`, or what the rule picks where they are null), before JAX starts;
+    returns the layout. ConfigError if the thread count is invalid or JAX already runs in this
+    process with another one (a sweep job in a reused process)."""
+    global applied_layout
+    from jaxac.config import (ConfigError, multi_process_requested, planned_process,
+                              validate_xla_cpu_threads)
+
+    validate_xla_cpu_threads(cfg)
+    devices = cfg.get("devices") if isinstance(cfg.get("devices"), int) else None
+    threads = cfg.get("xla_cpu_threads")
+    if jax_started() and applied_layout is not None:
+        return applied_layout  # this run's, set up before jax.distributed started JAX
+    if jax_started():  # its devices and threads are fixed: keep them
+        layout = Layout(None, threads, "JAX already runs in this process: its devices "
+                        "and thread count as they are", False)
+    else:
+        # A process of a multi-process run lays out its own share of the batch.
+        processes = planned_process(cfg)[1] if multi_process_requested(cfg) else 1
+        layout = choose_layout(cfg.algo.name, max(int(cfg.workers) // processes, 1),
+                               int(cfg.seeds), devices, threads)
+    try:
+        set_up(layout.xla_cpu_threads, layout.cpu_devices)
+    except ThreadsAlreadyFixed as fixed:
+        raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
+    applied_layout = layout if multi_process_requested(cfg) else None
+    return layout

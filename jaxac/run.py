@@ -36,9 +36,9 @@ from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import (CheckpointError, Checkpointer, FinalWriteFailed, find_checkpoint,
                               network_from_config, resume_config, run_identity, save_policy)
-from jaxac.config import (CONF_DIR, ConfigError, register_configs, validate,
-                          validate_xla_cpu_threads)
+from jaxac.config import CONF_DIR, ConfigError, register_configs, validate
 from jaxac import platform
+from jaxac.platform import set_up_run as set_up_platform
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
 from jaxac.results import TrainResult
@@ -212,32 +212,6 @@ def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platfo
              f"{_fmt(ev['return_mean'])}; solved: "
              f"{summary['solved']['all_seeds'] if threshold is not None else 'n/a (no threshold)'}")
     return summary
-
-
-def set_up_platform(cfg: DictConfig) -> platform.Layout:
-    """`jaxac.platform.set_up` with this run's layout (`platform.choose_layout`: its `devices`
-    and `xla_cpu_threads`, or what the rule picks where they are null), before JAX starts;
-    returns the layout. ConfigError if the thread count is invalid or JAX already runs in this
-    process with another one (a sweep job in a reused process)."""
-    validate_xla_cpu_threads(cfg)
-    devices = cfg.get("devices") if isinstance(cfg.get("devices"), int) else None
-    threads = cfg.get("xla_cpu_threads")
-    if platform.jax_started() and platform.applied_layout is not None:
-        return platform.applied_layout  # this run's, set up before jax.distributed started JAX
-    if platform.jax_started():  # its devices and threads are fixed: keep them
-        layout = platform.Layout(None, threads, "JAX already runs in this process: its devices "
-                                 "and thread count as they are", False)
-    else:
-        # A process of a multi-process run lays out its own share of the batch.
-        processes = distributed.planned_process(cfg)[1] if distributed.requested(cfg) else 1
-        layout = platform.choose_layout(cfg.algo.name, max(int(cfg.workers) // processes, 1),
-                                        int(cfg.seeds), devices, threads)
-    try:
-        platform.set_up(layout.xla_cpu_threads, layout.cpu_devices)
-    except platform.ThreadsAlreadyFixed as fixed:
-        raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
-    platform.applied_layout = layout if distributed.requested(cfg) else None
-    return layout
 
 
 def use_compilation_cache(directory: str | None) -> None:

@@ -156,9 +156,9 @@ class OwnershipCallback(Callback):
         directory and every other process writes into it (only its own log file, and no
         `.hydra/`), or all of them stop with process 0's refusal."""
         from jaxac import distributed
-        from jaxac.run import set_up_platform
+        from jaxac.platform import set_up_run
 
-        set_up_platform(config)  # before jax.distributed starts JAX's runtime
+        set_up_run(config)  # before jax.distributed starts JAX's runtime
         distributed.start(config)
         resume = config.get("resume")
         if distributed.is_main():
