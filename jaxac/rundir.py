@@ -128,6 +128,16 @@ def check_swept_values(config: DictConfig) -> None:
                               "job's directory is named by its values")
 
 
+def _claim(config: DictConfig) -> None:
+    """Lock the directory a CLI run writes to: the one it resumes, or a fresh one."""
+    resume = config.get("resume")
+    if resume:
+        check_resume_path(resume)
+        lock(resume, "resume")
+    else:
+        claim_fresh(OmegaConf.select(config, "hydra.run.dir"))
+
+
 class OwnershipCallback(Callback):
     """Hydra callback: before Hydra writes anything, check the paths and names the config puts
     into directory names, and claim the run directory (or the sweep directory)."""
@@ -141,12 +151,7 @@ class OwnershipCallback(Callback):
                 distributed.validate(config)
                 self._join_run(config)
                 return
-            resume = config.get("resume")
-            if resume:
-                check_resume_path(resume)
-                lock(resume, "resume")
-            else:
-                claim_fresh(OmegaConf.select(config, "hydra.run.dir"))
+            _claim(config)
         except ConfigError as error:
             refuse(error)
 
@@ -164,11 +169,7 @@ class OwnershipCallback(Callback):
         if distributed.is_main():
             refusal = None
             try:
-                if resume:
-                    check_resume_path(resume)
-                    lock(resume, "resume")
-                else:
-                    claim_fresh(OmegaConf.select(config, "hydra.run.dir"))
+                _claim(config)
             except ConfigError as error:
                 refusal = str(error)
             target = str(Path(resume or OmegaConf.select(config, "hydra.run.dir")).absolute())
