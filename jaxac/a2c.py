@@ -170,9 +170,7 @@ class A2CLearner:
     def place(self, state: TrainState) -> TrainState:
         """Put a (host or device) state onto the mesh: environments split, the rest replicated.
         In a multi-process run every process passes the same whole state and keeps its shards."""
-        if distributed.process_count() > 1:
-            return distributed.place(jax.device_get(state), self._shardings(state))
-        return jax.device_put(state, self._shardings(state))
+        return distributed.place(state, self._shardings(state))
 
     def _specs(self, state: TrainState) -> TrainState:
         """PartitionSpecs: environments split over devices along their batch axis, rest replicated."""

@@ -118,9 +118,7 @@ def abandon(message: str, code: int | None = None) -> None:
 
 
 def is_started() -> bool:
-    from jax._src import distributed
-
-    return distributed.global_state.client is not None
+    return _client() is not None
 
 
 def _client():
@@ -154,24 +152,19 @@ def _get(key: str, timeout_s: float) -> str:
     return _client().blocking_key_value_get(key, int(timeout_s * 1000))
 
 
-def _timeout(cfg: DictConfig | None = None) -> float:
-    d = cfg.distributed if cfg is not None else None
-    return float(d.timeout) if d is not None else 60.0
-
-
 def exchange(name: str, value: str, timeout_s: float) -> list[str]:
     """Every process's `value` under `name`, in process order (each process calls it with its
     own). LostProcess, naming the processes that did not answer, after `timeout_s` seconds."""
     me, n = process_index(), process_count()
     client = _client()
     client.key_value_set(f"{_PREFIX}/{name}/{me}", value)
-    values, missing = [], []
+    values, missing, wait_s = [], [], timeout_s
     for i in range(n):
         try:
-            values.append(value if i == me else _get(f"{_PREFIX}/{name}/{i}", timeout_s))
+            values.append(value if i == me else _get(f"{_PREFIX}/{name}/{i}", wait_s))
         except Exception:  # noqa: BLE001 - a timeout or a lost coordinator
             missing.append(i)
-            timeout_s = 0.5  # the others have had their time: do not wait that long again
+            wait_s = 0.5  # the others have had their time: do not wait that long again
     if missing:
         raise LostProcess(lost_message(missing, f"did not answer within {timeout_s:.0f} s"))
     return values
@@ -215,11 +208,11 @@ def check_same_config(cfg: DictConfig) -> None:
     if process_count() == 1:
         return
     mine = comparable_config(cfg)
-    digests = exchange("config-digest", config_digest(mine), _timeout(cfg))
+    digests = exchange("config-digest", config_digest(mine), float(cfg.distributed.timeout))
     if len(set(digests)) == 1:
         return
     configs = [json.loads(v) for v in exchange("config", json.dumps(mine, default=str),
-                                               _timeout(cfg))]
+                                               float(cfg.distributed.timeout))]
     reference = configs[0]
     odd = [i for i, d in enumerate(digests) if d != digests[0]]
 
@@ -320,10 +313,8 @@ class PeerMonitor:
                     elif now - since > self.lost_after_s:
                         lost.append(i)
             except Exception as error:  # noqa: BLE001 - the coordinator (process 0) is gone
-                if self._stop.is_set():
-                    return
-                lost, error_text = [0], _first_line(error)
-                self.on_lost(lost_message(lost, f"no longer answers ({error_text})"))
+                if not self._stop.is_set():
+                    self.on_lost(lost_message([0], f"no longer answers ({_first_line(error)})"))
                 return
             if lost and not self._stop.is_set():
                 self.on_lost(lost_message(lost, f"sent no heartbeat for {self.lost_after_s:.0f} s"))

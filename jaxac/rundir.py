@@ -171,20 +171,22 @@ class OwnershipCallback(Callback):
             try:
                 _claim(config)
             except ConfigError as error:
-                refusal = str(error)
+                refusal = error
             target = str(Path(resume or OmegaConf.select(config, "hydra.run.dir")).absolute())
             try:
-                distributed.share_run_dir(target, refusal, float(config.distributed.timeout))
+                distributed.share_run_dir(target, refusal and str(refusal),
+                                          float(config.distributed.timeout))
             except distributed.DistributedError as error:
                 distributed.abandon(str(error))
             if refusal:
-                print(f"configuration error: {refusal}", file=sys.stderr)
-                sys.exit(2)
+                refuse(refusal)
             return
         try:
             run_dir = distributed.share_run_dir(None, None, float(config.distributed.timeout))
-        except distributed.DistributedError as error:
-            distributed.abandon(str(error), 2 if "refused" in str(error) else None)
+        except distributed.LostProcess as error:
+            distributed.abandon(str(error))
+        except distributed.DistributedError as error:  # process 0 refused: as a config error
+            distributed.abandon(str(error), 2)
         if not resume:
             with open_dict(config.hydra), read_write(config.hydra):
                 config.hydra.run.dir = run_dir
