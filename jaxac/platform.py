@@ -26,6 +26,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import pathlib
 from dataclasses import dataclass
 
 import jax
@@ -331,3 +332,16 @@ def set_up_run(cfg) -> Layout:
         raise ConfigError("xla_cpu_threads", cfg.xla_cpu_threads, str(fixed)) from None
     applied_layout = layout if multi_process_requested(cfg) else None
     return layout
+
+
+def use_compilation_cache(directory: str | None) -> None:
+    """Turn JAX's persistent compilation cache on in `directory` (off for None)."""
+    if directory is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    path = pathlib.Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # Cache every program that took measurable time to compile, not only those over 1 s.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)

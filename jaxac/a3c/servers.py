@@ -204,13 +204,15 @@ class LockedServer(ParameterServer):
             try:
                 batch = [waiting.popleft() for _ in range(min(len(waiting), most))]
                 if batch:  # another holder may have applied them since the check above
-                    reports += self._apply_batch(batch)
+                    reports += self.apply_batch(batch)
             finally:
                 lock.release()
         return reports
 
-    def _apply_batch(self, batch: list[tuple[int, int, jax.Array]]) -> list[Report]:
-        """Under the lock: apply `batch` in order with one optimizer call."""
+    def apply_batch(self, batch: list[tuple[int, int, jax.Array]]) -> list[Report]:
+        """Apply `batch` ((worker, snapshot version, result) each) in order with one optimizer
+        call: under the lock, or from the one thread that owns the server (the Ray backend's
+        server actor)."""
         base, k = self.version, len(batch)
         scales = [self._scale(base + j - version) for j, (_, version, _) in enumerate(batch)]
         state, info = self.learner.optimizer_steps(*self.optimizer_arguments(

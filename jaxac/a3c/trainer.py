@@ -17,7 +17,6 @@ from jaxac.a3c.servers import SERVERS, NonFiniteUpdate, ParameterServer
 from jaxac.a3c.workers import SharedCounters, ThreadLifetime
 from jaxac.checkpoint import CheckpointInfo, load_checkpoint
 from jaxac.envs import EnvSpec, solve_threshold
-from jaxac.episodes import WINDOW
 from jaxac.metrics import mean_or_none
 from jaxac.optim import OptimConfig, current_lr, make_optimizer
 from jaxac.results import Divergence, MetricRow, first_nonfinite
@@ -123,16 +122,8 @@ class A3CTrainer:
                     self._record_episodes(report.episodes)
 
     def _record_episodes(self, episodes: list[tuple[float, int]]) -> None:
-        shared = self.counters
-        for episode in episodes:
-            shared.recent.append(episode[0])
-            shared.interval_episodes.append(episode)
-        if (self.threshold is not None and shared.solved_env_steps is None
-                and len(shared.recent) == WINDOW
-                and sum(shared.recent) / WINDOW >= self.threshold):  # np.mean: 15x as long
-            shared.solved_env_steps = shared.env_steps
-            if self.stop_when_solved:
-                self.lifetime.stop()
+        if self.counters.record_episodes(episodes, self.threshold) and self.stop_when_solved:
+            self.lifetime.stop()
 
     def all_worker_envs(self) -> Any:
         """Every worker's environment state, stacked on a leading worker axis (on the host)."""
@@ -198,35 +189,12 @@ class A3CTrainer:
         if steps == self._last["steps"] and not records:
             return []
         now = time.perf_counter()
-        interval = max(now - self._last["time"], 1e-9)
         episodes = [shared.interval_episodes.popleft()
                     for _ in range(len(shared.interval_episodes))]
-        returns = [r for r, _ in episodes]
-        stale = [r.staleness for r in records]
-        self.totals["updates"] += len(records)
-        self.totals["staleness"] += sum(stale)
-        self.totals["interleaved"] += sum(r.interleaved for r in records)
+        row = interval_row(steps, server.version, records, episodes, shared, self.totals,
+                           float(current_lr(server.opt_state)), now - self._last["time"])
         self._last = {"time": now, "steps": steps}
-        return [MetricRow(
-            seed_index=0, env_steps=steps, updates=server.version, episodes=len(returns),
-            episode_return_mean=mean_or_none(returns),
-            episode_return_min=min(returns) if returns else None,
-            episode_return_max=max(returns) if returns else None,
-            episode_length_mean=mean_or_none([n for _, n in episodes]),
-            return_last100=mean_or_none(list(shared.recent)),
-            episodes_in_last100=len(shared.recent),
-            policy_loss=mean_or_none([r.policy_loss for r in records]),
-            value_loss=mean_or_none([r.value_loss for r in records]),
-            entropy=mean_or_none([r.entropy for r in records]),
-            grad_norm=mean_or_none([r.grad_norm for r in records]),
-            learning_rate=float(current_lr(server.opt_state)),
-            solved_env_steps=shared.solved_env_steps,
-            extra={"updates_per_second": len(records) / interval,
-                   "staleness_mean": mean_or_none(stale),
-                   "staleness_max": max(stale) if stale else None,
-                   "staleness_histogram": staleness_histogram(stale),
-                   "interleaved_updates": self.totals["interleaved"],
-                   "worker_env_steps": list(shared.worker_steps)})]
+        return [row]
 
     def paused(self):
         return self.lifetime.paused()
@@ -257,41 +225,92 @@ class A3CTrainer:
                 jax.tree.map(lambda x: x[None], self.server.obs_stats))
 
     def summary(self) -> dict:
-        totals = self.totals
-        return {"update_mode": self.server.mode, "updates_applied": totals["updates"],
-                "version": self.server.version, "interleaved_updates": totals["interleaved"],
-                "staleness_mean": totals["staleness"] / max(totals["updates"], 1),
-                "entropy_coef_per_worker": self.entropy_coefs,
-                "worker_env_steps": list(self.counters.worker_steps),
+        return {**summary_fields(self.server.mode, self.server.version, self.totals,
+                                 self.entropy_coefs, self.counters.worker_steps),
+                "backend": "threads",
                 "worker_devices": [str(self.device_of(i)) for i in range(len(self.threads))]}
 
 
-def make_trainer(cfg, spec: EnvSpec, network, devices: list[Any],
-                 keep_history: bool = False) -> A3CTrainer:
-    """The A3C trainer (workers not yet started) of a validated run config.
+def interval_row(steps: int, version: int, records: list, episodes: list[tuple[float, int]],
+                 shared: SharedCounters, totals: dict, learning_rate: float,
+                 interval_seconds: float, extra: dict | None = None) -> MetricRow:
+    """The metric row of one log interval, in either backend: `records` (UpdateRecords) and
+    `episodes` ((return, length)) are what the interval added; `totals` is updated in place."""
+    returns = [r for r, _ in episodes]
+    stale = [r.staleness for r in records]
+    totals["updates"] += len(records)
+    totals["staleness"] += sum(stale)
+    totals["interleaved"] += sum(r.interleaved for r in records)
+    return MetricRow(
+        seed_index=0, env_steps=steps, updates=version, episodes=len(returns),
+        episode_return_mean=mean_or_none(returns),
+        episode_return_min=min(returns) if returns else None,
+        episode_return_max=max(returns) if returns else None,
+        episode_length_mean=mean_or_none([n for _, n in episodes]),
+        return_last100=mean_or_none(list(shared.recent)),
+        episodes_in_last100=len(shared.recent),
+        policy_loss=mean_or_none([r.policy_loss for r in records]),
+        value_loss=mean_or_none([r.value_loss for r in records]),
+        entropy=mean_or_none([r.entropy for r in records]),
+        grad_norm=mean_or_none([r.grad_norm for r in records]),
+        learning_rate=learning_rate,
+        solved_env_steps=shared.solved_env_steps,
+        extra={"updates_per_second": len(records) / max(interval_seconds, 1e-9),
+               "staleness_mean": mean_or_none(stale),
+               "staleness_max": max(stale) if stale else None,
+               "staleness_histogram": staleness_histogram(stale),
+               "interleaved_updates": totals["interleaved"],
+               "worker_env_steps": list(shared.worker_steps), **(extra or {})})
+
+
+def summary_fields(mode: str, version: int, totals: dict, entropy_coefs: list[float],
+                   worker_steps: list[int]) -> dict:
+    """summary.json's A3C fields that both backends share."""
+    return {"update_mode": mode, "updates_applied": totals["updates"], "version": version,
+            "interleaved_updates": totals["interleaved"],
+            "staleness_mean": totals["staleness"] / max(totals["updates"], 1),
+            "entropy_coef_per_worker": entropy_coefs, "worker_env_steps": list(worker_steps)}
+
+
+def make_learner(cfg, spec: EnvSpec, network) -> A3CLearner:
+    """The jitted calls of a validated run config (the same in every process that builds it)."""
+    envs_per_worker = int(cfg.algo.envs_per_worker)
+    # one optimizer step per rollout
+    tx = make_optimizer(OptimConfig.from_config(cfg), total_rollouts(cfg))
+    return A3CLearner(spec, network, tx, core.LossConfig.from_config(cfg),
+                      int(cfg.rollout_length), envs_per_worker)
+
+
+def total_rollouts(cfg) -> int:
+    """The run's rollout budget: the most whole rollouts within `total_steps`."""
+    steps_per_rollout = int(cfg.rollout_length) * int(cfg.algo.envs_per_worker)
+    return max(1, int(cfg.total_steps) // steps_per_rollout)
+
+
+def entropy_coefficients_of(cfg) -> list[float]:
+    """Every worker's entropy coefficient, from `algo.entropy_coef` (see entropy_coefficients)."""
+    from omegaconf import OmegaConf
+
+    entropy = cfg.algo.entropy_coef
+    entropy = OmegaConf.to_container(entropy) if OmegaConf.is_config(entropy) else entropy
+    return entropy_coefficients(entropy, int(cfg.workers), int(cfg.seed))
+
+
+def make_thread_trainer(cfg, spec: EnvSpec, network, devices: list[Any],
+                        keep_history: bool = False) -> A3CTrainer:
+    """The thread backend's trainer (workers not yet started) of a validated run config.
 
     `keep_history` keeps every applied gradient in order (for tests: memory grows with the run).
     """
-    from omegaconf import OmegaConf
-
-    algo = cfg.algo
-    workers, envs_per_worker = int(cfg.workers), int(algo.envs_per_worker)
-    steps_per_rollout = int(cfg.rollout_length) * envs_per_worker
-    total_rollouts = max(1, int(cfg.total_steps) // steps_per_rollout)
-    # one optimizer step per rollout
-    tx = make_optimizer(OptimConfig.from_config(cfg), total_rollouts)
-    learner = A3CLearner(spec, network, tx, core.LossConfig.from_config(cfg),
-                         int(cfg.rollout_length), envs_per_worker)
+    algo, workers = cfg.algo, int(cfg.workers)
+    learner = make_learner(cfg, spec, network)
     params_key, keys = worker_keys(int(cfg.seed), workers)
     # item access: `algo.update` would be DictConfig.update, the method
     server = SERVERS[str(algo["update"])](learner, learner.init_state(params_key),
                                           staleness_lr=bool(algo.staleness_lr),
                                           keep_history=keep_history, device=devices[0],
                                           workers=workers)
-    shared = SharedCounters(total_rollouts, steps_per_rollout, workers)
-    entropy = algo.entropy_coef
-    entropy = OmegaConf.to_container(entropy) if OmegaConf.is_config(entropy) else entropy
-    return A3CTrainer(learner, server, shared, keys, entropy_coefficients(entropy, workers,
-                                                                           int(cfg.seed)),
-                      devices, solve_threshold(cfg.env.name, cfg.env.solve_threshold),
+    shared = SharedCounters(total_rollouts(cfg), learner.steps_per_rollout, workers)
+    return A3CTrainer(learner, server, shared, keys, entropy_coefficients_of(cfg), devices,
+                      solve_threshold(cfg.env.name, cfg.env.solve_threshold),
                       bool(cfg.get("stop_when_solved", False)))

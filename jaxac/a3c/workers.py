@@ -21,6 +21,10 @@ class WorkerFailed(RuntimeError):
         super().__init__(f"A3C worker {worker} failed:\n{trace}")
 
 
+class ServerLost(RuntimeError):
+    """The Ray backend's parameter-server actor died: the run's shared state went with it."""
+
+
 class ThreadLifetime:
     """`count` daemon threads, thread i running `body(i)`; a body loops `while lifetime.go_on()`,
     so that between two of its updates it parks (for a pause) or ends (for a stop).
@@ -109,6 +113,7 @@ class SharedCounters:
     def __init__(self, total_rollouts: int, steps_per_rollout: int, workers: int):
         self.total_rollouts, self.steps_per_rollout = total_rollouts, steps_per_rollout
         self._rollout_tickets = itertools.count()
+        self._returned = 0
         self.worker_steps = [0] * workers  # each slot written only by its own worker
         self.recent = collections.deque(maxlen=WINDOW)  # returns of finished episodes
         # (return, length) of episodes finished since the last log point; drained by the trainer
@@ -117,7 +122,29 @@ class SharedCounters:
 
     def reserve_rollout(self) -> bool:
         """Claim one rollout of the budget; False once `total_steps` is used up."""
+        if self._returned:  # only the Ray backend's server returns any, from its one thread
+            self._returned -= 1
+            return True
         return next(self._rollout_tickets) < self.total_rollouts
+
+    def return_rollout(self) -> None:
+        """Give back a claimed rollout that was never done (its worker died): the next claim
+        gets it, so that the run still ends exactly at its budget."""
+        self._returned += 1
+
+    def record_episodes(self, episodes: list[tuple[float, int]], threshold: float | None) -> bool:
+        """Add finished episodes ((return, length)); True if they first reach `threshold` (the
+        mean return of the last WINDOW episodes), which records the env step in
+        `solved_env_steps`."""
+        for episode in episodes:
+            self.recent.append(episode[0])
+            self.interval_episodes.append(episode)
+        if (threshold is not None and self.solved_env_steps is None
+                and len(self.recent) == WINDOW
+                and sum(self.recent) / WINDOW >= threshold):  # np.mean: 15x as long
+            self.solved_env_steps = self.env_steps
+            return True
+        return False
 
     def restore(self, worker_steps: list[int], recent: list[float],
                 solved_env_steps: int | None) -> None:
