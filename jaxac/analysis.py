@@ -33,7 +33,9 @@ from jaxac.metrics import METRICS_FILE
 
 log = logging.getLogger("jaxac")
 
-BASE_COLUMNS = ("algo", "env", "workers", "rollout_length", "seed", "total_steps")
+# algo.backend: A3C runs of the thread and the Ray backend load side by side
+BASE_COLUMNS = ("algo", "algo.backend", "env", "workers", "rollout_length", "seed",
+                "total_steps")
 STATUSES = ("completed", "interrupted", "diverged", "failed", "running or killed")
 
 

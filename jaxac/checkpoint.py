@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import serialization
 from omegaconf import DictConfig, OmegaConf
 
-from jaxac.config import DistributedConfig, require
+from jaxac.config import DistributedConfig, RayConfig, require
 from jaxac.envs import EnvSpec, make_env
 from jaxac.metrics import json_safe, temporary_path, write_json
 from jaxac.rundir import check_resume_path
@@ -295,7 +295,9 @@ class Checkpointer:
 # What a resumed run may change: how long it goes on and how it reports, never what it learns.
 RESUME_CHANGEABLE = {"total_steps": int, "eval_episodes": int, "progress_seconds": (int, float),
                      "checkpoint_every": int, "checkpoint_keep": int, "devices": (int, type(None)),
-                     "xla_cpu_threads": (int, type(None))}
+                     "xla_cpu_threads": (int, type(None)),
+                     # A3C's checkpoints are the same in both backends
+                     "algo.backend": str}
 
 
 def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
@@ -315,12 +317,13 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
     # How the processes are started is this invocation's, not the run's: a run of 2 processes
     # resumes as 1 (or 4) where its batch divides evenly.
     cfg.distributed = OmegaConf.structured(DistributedConfig)
+    cfg.ray = OmegaConf.structured(RayConfig)  # where the actors run, likewise
     changeable = ", ".join(RESUME_CHANGEABLE)
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
         if key == "resume" or key.startswith("hydra"):
             continue
-        if key.startswith("distributed."):
+        if key.startswith(("distributed.", "ray.")):
             OmegaConf.update(cfg, key, override.value())
             continue
         value = override.value()

@@ -28,6 +28,8 @@ TORSOS = ("auto", "mlp", "conv")
 ACTIVATIONS = ("tanh", "relu")
 OPTIMIZERS = ("rmsprop", "adam")
 UPDATE_MODES = ("locked", "hogwild")  # A3C: `algo.update`
+BACKENDS = ("threads", "ray")  # A3C: `algo.backend`
+RAY_INSTALL = 'pip install -e ".[ray]"'
 
 
 @dataclass
@@ -66,6 +68,9 @@ class AlgoConfig:
     eps: float = 1e-5
     max_grad_norm: float = 0.5  # global-norm gradient clipping
     anneal_lr: bool = False  # linear learning-rate decay to 0 over the run
+    # A3C: one of BACKENDS, worker threads in this process | Ray actors, on this machine or a
+    # cluster. (Here for both, so that `resume=RUN algo.backend=ray` composes; A2C: threads.)
+    backend: str = "threads"
 
 
 @dataclass
@@ -107,11 +112,27 @@ class DistributedConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where `algo.backend=ray` runs its actors (jaxac/a3c/ray_trainer.py)."""
+
+    # null: start a local Ray instance on this machine; "auto": join the running cluster (after
+    # `ray start --head` on its head node); or a cluster address such as "10.0.0.1:6379"
+    address: Optional[str] = None
+    # CPUs each worker actor reserves; null: 1 where the cluster has a CPU for every worker and
+    # the server, else the cluster's CPUs shared among them (oversubscribed, as threads are)
+    worker_cpus: Optional[float] = None
+    worker_gpus: float = 0.0  # GPUs each worker actor reserves (fractions share one GPU)
+    server_cpus: float = 1.0  # CPUs the parameter-server actor reserves
+    max_restarts: int = 10  # restarts Ray gives each worker actor that dies; -1: no limit
+
+
+@dataclass
 class Config:
     algo: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
     seeds: int = 1  # independent agents trained side by side (vmapped)
     workers: int = 8  # parallel actors: vmapped environments for A2C, threads for A3C
@@ -322,6 +343,7 @@ def validate(cfg: DictConfig, available_devices: int, processes: int = 1) -> Non
         check_writable_dir("compilation_cache_dir", cfg.compilation_cache_dir)
     validate_xla_cpu_threads(cfg)
     validate_distributed(cfg)
+    validate_backend(cfg)
     if cfg.devices is not None:
         require(1 <= cfg.devices <= available_devices, "devices", cfg.devices,
                  f"between 1 and the {available_devices} available device(s), or null for all "
@@ -452,6 +474,42 @@ def _validate_a3c(cfg: DictConfig) -> None:
           and 0 < coef.log_uniform[0] <= coef.log_uniform[1])
     require(ok, "algo.entropy_coef", coef if not isinstance(coef, DictConfig)
              else OmegaConf.to_container(coef), allowed)
+
+
+def validate_backend(cfg: DictConfig) -> None:
+    """Check `algo.backend` and the `ray` keys (before JAX starts): ConfigError naming the key."""
+    algo = cfg.algo
+    backend = algo.get("backend", "threads")
+    require(backend in BACKENDS, "algo.backend", backend, f"one of {', '.join(BACKENDS)}")
+    if algo.name != "a3c":
+        require(backend == "threads", "algo.backend", backend,
+                "threads (the default) for A2C: its environments step in one jitted program; "
+                "the ray backend runs A3C's workers (A2C beyond one machine: distributed.*)")
+    if backend != "ray":
+        return
+    import importlib.util
+
+    require(importlib.util.find_spec("ray") is not None, "algo.backend", backend,
+            f"threads here: Ray is not installed; install it with `{RAY_INSTALL}`")
+    require(algo["update"] == "locked", "algo.update", algo["update"],
+            "locked with algo.backend=ray: hogwild writes into one shared array without a lock, "
+            "and Ray's actors share no memory (use algo.backend=threads for hogwild)")
+    ray = cfg.ray
+    require(ray.worker_cpus is None or ray.worker_cpus > 0, "ray.worker_cpus", ray.worker_cpus,
+            "a number > 0 (fractions share a CPU), or null to size by the cluster")
+    require(ray.worker_gpus >= 0, "ray.worker_gpus", ray.worker_gpus, "a number >= 0")
+    require(ray.server_cpus >= 0, "ray.server_cpus", ray.server_cpus, "a number >= 0")
+    require(ray.max_restarts >= -1, "ray.max_restarts", ray.max_restarts,
+            "an integer >= 0, or -1 for no limit")
+    address = ray.address
+    require(address is None or address == "auto" or _host_port(str(address)), "ray.address",
+            address, "null (a local Ray instance), auto (the running cluster) or HOST:PORT "
+            "(e.g. 10.0.0.1:6379), or ray://HOST:PORT for Ray Client")
+
+
+def _host_port(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

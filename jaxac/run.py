@@ -7,9 +7,9 @@ the training checkpoints `checkpoint/state-*`. `resume=RUN_DIR` continues a run 
 Exit status: 0 done, 1 an A3C worker failed, 2 invalid configuration (Hydra's own type and key
 errors too), 3 training diverged (non-finite loss, gradient or parameters), 4 a write failed (the
 trained parameters are rescued where the message says), 5 an internal error (with its
-traceback), 6 a multi-process run lost a process or could not join (`jaxac.distributed`), 130
-interrupted (SIGINT/SIGTERM). A failed run writes `failure.json`. In a sweep
-(`-m`) a failed job is recorded as failed, the other jobs still run, and the sweep exits with
+traceback), 6 a multi-process run lost a process or could not join (`jaxac.distributed`), or an
+A3C run on Ray lost its parameter-server actor, 130 interrupted (SIGINT/SIGTERM). A failed run
+writes `failure.json`. In a sweep (`-m`) a failed job is recorded as failed, the other jobs still run, and the sweep exits with
 status 1.
 """
 
@@ -36,9 +36,9 @@ from jaxac.analysis import read_metrics
 from jaxac.plots import plot_learning_curve
 from jaxac.checkpoint import (CheckpointError, Checkpointer, FinalWriteFailed, find_checkpoint,
                               network_from_config, resume_config, run_identity, save_policy)
-from jaxac.config import CONF_DIR, ConfigError, register_configs, validate
+from jaxac.config import CONF_DIR, ConfigError, register_configs, validate, validate_backend
 from jaxac import platform
-from jaxac.platform import set_up_run as set_up_platform
+from jaxac.platform import set_up_run as set_up_platform, use_compilation_cache
 from jaxac.envs import make_env, solve_threshold
 from jaxac.evaluate import evaluate_seeds
 from jaxac.results import TrainResult
@@ -94,6 +94,7 @@ def _execute(cfg: DictConfig, run_dir: str | Path | None,
         if main_process:
             rundir.claim_fresh(run_dir)
     distributed.validate(cfg)
+    validate_backend(cfg)  # Ray missing: say so before JAX starts
     layout = set_up_platform(cfg)  # before anything starts JAX
     distributed.start(cfg)
     validate(cfg, len(jax.local_devices()), distributed.process_count())
@@ -214,19 +215,6 @@ def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platfo
     return summary
 
 
-def use_compilation_cache(directory: str | None) -> None:
-    """Turn JAX's persistent compilation cache on in `directory` (off for None)."""
-    if directory is None:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return
-    path = Path(directory).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    # Cache every program that took measurable time to compile, not only those over 1 s.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-
-
 def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray,
                   threshold: float | None, layout: platform.Layout, devices: list[Any],
                   resumed_from: int | None = None) -> dict[str, Any]:
@@ -324,6 +312,12 @@ def main(cfg: DictConfig) -> float | None:
         return fail(EXIT_WORKER_FAILED, "worker_failed",
                     f"{failure}\nThe other workers were stopped; metrics up to the failure are "
                     f"in {run_dir}/metrics.jsonl", worker=failure.worker)
+    except a3c.ServerLost as lost:
+        kept = find_checkpoint(cfg.get("resume") or run_dir)
+        where = (f"the newest training checkpoint is at env step {kept.env_steps:,}; continue "
+                 f"with: python -m jaxac.run resume={cfg.get('resume') or run_dir}" if kept
+                 else "no training checkpoint was written before the loss")
+        return fail(distributed.EXIT_LOST, "lost_server", f"{lost}; {where}")
     except FinalWriteFailed as failure:
         return fail(EXIT_WRITE_FAILED, "write_failed", str(failure),
                     rescued=str(failure.rescued) if failure.rescued else None)

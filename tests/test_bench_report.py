@@ -9,6 +9,7 @@ from jaxac.bench import roofline, sb3
 from jaxac.bench.__main__ import load, main
 from jaxac.bench.a2c import A2CRow, OneCoreRow
 from jaxac.bench.distributed import DistributedRow
+from jaxac.bench.ray_a3c import RayFloor, RayRow
 from jaxac.bench.sb3 import SB3Result
 from jaxac.bench.solve import SolvePhase, SolveResult, summarize
 from jaxac.bench.timing import spread
@@ -117,10 +118,20 @@ def test_report_plot_and_json_round_trip_of_typed_rows(tmp_path):
                            a3c=[A3CRow(1, "locked", _spread(40_321.0), _spread(8_064.2),
                                        _spread(0.0), _spread(1.3), _spread(150.0))],
                            distributed=[DistributedRow(512, _spread(933_875.0),
-                                                       _spread(496_907.0), 496_907 / 933_875)])
+                                                       _spread(496_907.0), 496_907 / 933_875)],
+                           ray=[RayRow(w, _spread(20_000.0 * w), _spread(1_000.0 * w),
+                                       _spread(4_000.0), _spread(200.0 * w), _spread(w - 1.0),
+                                       _spread(w / 2), _spread(800.0 * w), _spread(w / 2),
+                                       _spread(36_828.0), _spread(12_880.0)) for w in (1, 4)],
+                           ray_floor=RayFloor(_spread(906.0), _spread(640.0), _spread(558.0),
+                                              36_656))
     text = report(results)
     # medians, the fraction and the 2-process / 1-process ratio, formatted
     for figure in ("305,290", "40,321", "8,064", "6.0%", "933,875", "496,907", "0.53"):
+        assert figure in text, figure
+    # Ray / threads (0.050), the floor, and the server bound: 1e6 / 800 us = 1,250 updates/s,
+    # 1,250 / 200 updates/s per worker = 6 workers
+    for figure in ("0.050", "80,000", "4,000", "906", "36,656", "1,250 updates/s", "about 6"):
         assert figure in text, figure
     plot(results, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 5000

@@ -23,7 +23,9 @@ The modules, in reading order:
 - `learner.py`: the jitted calls, on flat vectors;
 - `layout.py`: every flat vector's named parts, described once;
 - `workers.py`: the threads' lifetime (start, pause, stop, join, failures), shared counters;
-- `calls.py`: one update's two calls, for measuring them from outside (the bench).
+- `calls.py`: one update's two calls, for measuring them from outside (the bench);
+- `ray_trainer.py` and `actors.py`: `algo.backend=ray`, the same protocol with the server and the
+  workers as Ray actors (processes, on one machine or a cluster), imported only for that backend.
 """
 
 from jaxac.a3c.calls import UpdateCalls
@@ -31,13 +33,25 @@ from jaxac.a3c.layout import FlatLayout, Segments
 from jaxac.a3c.learner import A3CLearner, Report
 from jaxac.a3c.servers import (MAX_BATCH, HogwildServer, LockedServer, NonFiniteUpdate,
                                ParameterServer, Snapshot, UpdateRecord, batch_sizes)
-from jaxac.a3c.trainer import (A3CTrainer, entropy_coefficients, make_trainer,
+from jaxac.a3c.trainer import (A3CTrainer, entropy_coefficients, make_thread_trainer,
                                staleness_histogram, worker_keys)
-from jaxac.a3c.workers import SharedCounters, ThreadLifetime, WorkerFailed
+from jaxac.a3c.workers import ServerLost, SharedCounters, ThreadLifetime, WorkerFailed
 
 __all__ = [
     "A3CLearner", "A3CTrainer", "FlatLayout", "HogwildServer", "LockedServer", "MAX_BATCH",
-    "NonFiniteUpdate", "ParameterServer", "Report", "Segments", "SharedCounters", "Snapshot",
-    "ThreadLifetime", "UpdateCalls", "UpdateRecord", "WorkerFailed", "batch_sizes",
-    "entropy_coefficients", "make_trainer", "staleness_histogram", "worker_keys",
+    "NonFiniteUpdate", "ParameterServer", "Report", "Segments", "ServerLost", "SharedCounters",
+    "Snapshot", "ThreadLifetime", "UpdateCalls", "UpdateRecord", "WorkerFailed", "batch_sizes",
+    "entropy_coefficients", "make_thread_trainer", "make_trainer", "staleness_histogram",
+    "worker_keys",
 ]
+
+
+def make_trainer(cfg, spec, network, devices, keep_history: bool = False):
+    """The A3C trainer (workers not yet started) of a validated run config, in the backend
+    `algo.backend` names: threads in this process, or Ray actors (`ray_trainer`, imported only
+    then). `keep_history` keeps every applied gradient in order (for tests)."""
+    if cfg.algo.get("backend", "threads") == "ray":
+        from jaxac.a3c.ray_trainer import make_ray_trainer
+
+        return make_ray_trainer(cfg, spec, network, keep_history=keep_history)
+    return make_thread_trainer(cfg, spec, network, devices, keep_history=keep_history)

@@ -4,13 +4,14 @@ bench.json, bench.txt and bench.png (see `jaxac.bench`)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
-SECTIONS = ("a2c", "a3c", "solve", "distributed")
+SECTIONS = ("a2c", "a3c", "solve", "distributed", "ray")
 
 
 def parse_workers(value: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--repeats", type=int, default=5, help="measurements per figure")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="duration of one throughput measurement")
-    parser.add_argument("--only", default=",".join(SECTIONS),
+    parser.add_argument("--only", default=None,
                         help="comma-separated sections: " + ", ".join(SECTIONS))
     parser.add_argument("--a2c-workers", default=None,
                         help="CartPole-v1 batch sizes instead of 8,64,512,4096 "
@@ -56,11 +57,20 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--vs", choices=["sb3"], default=None,
                         help="also train Stable-Baselines3's A2C (needs the sb3 extra)")
     args = parser.parse_args(argv)
+    args.only_given = args.only is not None
+    args.only = args.only or ",".join(SECTIONS)
     sections = set(args.only.split(","))
     unknown = sections - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; allowed: "
                      + ", ".join(SECTIONS))
+    if "ray" in sections and importlib.util.find_spec("ray") is None:
+        from jaxac.config import RAY_INSTALL
+
+        if args.only_given:
+            parser.error(f"--only ray needs Ray: {RAY_INSTALL}")
+        print(f"(the ray section is skipped: Ray is not installed; {RAY_INSTALL})")
+        sections.discard("ray")
     if args.vs == "sb3":
         from jaxac.bench import sb3
 
@@ -125,6 +135,16 @@ def run(args: argparse.Namespace, sections: set[str]):
         for row in results.distributed:
             print(f"A2C workers={row.workers}: 2 processes / 1 process = {row.ratio:.2f}",
                   flush=True)
+    if "ray" in sections:
+        from jaxac.bench import ray_a3c
+
+        results.ray, results.ray_floor = ray_a3c.measure(
+            parse_workers(args.a3c_workers, ray_a3c.WORKERS), min(args.repeats, 3),
+            args.a3c_steps)
+        for row in results.ray:
+            print(f"A3C workers={row.workers}: threads "
+                  f"{row.threads_steps_per_second.median:,.0f}, Ray "
+                  f"{row.ray_steps_per_second.median:,.0f} steps/s", flush=True)
     if args.vs == "sb3":
         from jaxac.bench import sb3
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from jaxac.bench.a2c import A2CRow, DefaultLayoutRow, DeviceRow, OneCoreRow, SplitRow
 from jaxac.bench.a3c import A3CRow, CallCost, CeilingRow
 from jaxac.bench.distributed import DistributedRow
+from jaxac.bench.ray_a3c import RayFloor, RayRow, server_capacity
 from jaxac.bench.roofline import ROLLOUT
 from jaxac.bench.sb3 import SB3Result
 from jaxac.bench.solve import SolveResult
@@ -46,6 +47,8 @@ class BenchResults:
     a3c_floor: dict[str, CallCost] = field(default_factory=dict)
     solve: list[SolveResult] = field(default_factory=list)
     distributed: list[DistributedRow] = field(default_factory=list)
+    ray: list[RayRow] = field(default_factory=list)
+    ray_floor: RayFloor | None = None
     sb3: SB3Result | None = None
 
 
@@ -216,6 +219,37 @@ def report(results: BenchResults) -> str:
         for r in results.distributed:
             lines.append(f"{r.workers:<9}{_fmt_spread(r.one_process):<30}"
                          f"{_fmt_spread(r.two_processes):<30}{r.ratio:>6.2f}")
+    if results.ray:
+        lines += ["", "A3C on CartPole-v1 on Ray (algo.backend=ray, a local instance) against the "
+                      "thread backend, same runs alternated",
+                  f"{'workers':<9}{'threads steps/s':<26}{'Ray steps/s':<24}{'Ray / threads':>14}"
+                  f"  {'updates/s threads | Ray':<26}{'staleness threads | Ray':<25}"
+                  f"{'server us/update':<24}{'per batch':>10}"]
+        for r in results.ray:
+            ratio = r.ray_steps_per_second.median / r.threads_steps_per_second.median
+            lines.append(f"{r.workers:<9}{_fmt_spread(r.threads_steps_per_second):<26}"
+                         f"{_fmt_spread(r.ray_steps_per_second):<24}{ratio:>14.3f}  "
+                         f"{r.threads_updates_per_second.median:>9,.0f} | "
+                         f"{r.ray_updates_per_second.median:<14,.0f}"
+                         f"{r.threads_staleness_mean.median:>9.2f} | "
+                         f"{r.ray_staleness_mean.median:<13.2f}"
+                         f"{_fmt_spread(r.server_us_per_update):<24}"
+                         f"{r.updates_per_batch.median:>10.2f}")
+        r = results.ray[-1]
+        lines.append(f"bytes per update: {r.bytes_in_per_update.median:,.0f} in (gradient "
+                     f"result and environments), {r.bytes_out_per_update.median:,.0f} out "
+                     "(snapshot puts, one per applied batch)")
+        if results.ray_floor:
+            f = results.ray_floor
+            lines.append(f"Ray's fixed costs: an empty actor call {_fmt_spread(f.call_us)} us "
+                         f"round trip; a {f.snapshot_bytes:,}-byte snapshot: put "
+                         f"{_fmt_spread(f.put_us)} us, get in another process "
+                         f"{_fmt_spread(f.get_us)} us")
+        capacity = server_capacity(results.ray)
+        if capacity:
+            lines.append(f"one server at {capacity[0]:,.0f} us per update (the least measured) "
+                         f"applies at most {capacity[1]:,.0f} updates/s: about "
+                         f"{capacity[2]:,.0f} workers at the 1-worker rate")
     if results.sb3:
         s = results.sb3
         lines += ["", f"Stable-Baselines3 {s.version} A2C (torch {s.torch}), "
