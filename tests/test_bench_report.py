@@ -17,6 +17,7 @@ from jaxac.bench.timing import spread
 
 @pytest.mark.slow
 def test_bench_command_writes_what_it_measured(tmp_path):
+    # without the layouts section (tests/test_bench_a2c.py measures each of its parts)
     results = main(["--only", "a2c,a3c", "--repeats", "2", "--seconds", "0.05",
                     "--a2c-workers", "8", "--breakout-workers", "8", "--a3c-workers", "1",
                     "--a3c-steps", "200", "--out", str(tmp_path)])
@@ -26,7 +27,8 @@ def test_bench_command_writes_what_it_measured(tmp_path):
                                                          ("Breakout-MinAtar", 8)]
     assert [(r.update, r.workers) for r in results.a3c] == [("locked", 1), ("hogwild", 1)]
     table = (tmp_path / "bench.txt").read_text()
-    for row in results.a2c + results.a2c_one_core:  # every measured figure is reported
+    assert not results.a2c_one_core and not results.a2c_devices  # the layouts section: not asked
+    for row in results.a2c:  # every measured figure is reported
         assert f"{row.train_steps_per_second.median:,.0f}" in table
     for row in results.a3c:
         assert f"{row.steps_per_second.median:,.0f}" in table

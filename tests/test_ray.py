@@ -52,6 +52,27 @@ def test_backend_keys_are_validated_before_anything_starts(monkeypatch):
     assert 'pip install -e ".[ray]"' in str(check())
 
 
+def test_an_address_where_no_cluster_answers_is_refused_at_once(monkeypatch, tmp_path):
+    import socket
+
+    from jaxac.a3c import ray_trainer
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        ray_trainer._check_reachable(f"127.0.0.1:{port}")
+    assert info.value.key == "ray.address" and f"nothing answers at 127.0.0.1:{port}" in str(
+        info.value)
+    assert time.monotonic() - started < ray_trainer.REACH_SECONDS
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_trainer, "CURRENT_CLUSTER_FILE", str(tmp_path / "none"))
+    with pytest.raises(ConfigError) as info:
+        ray_trainer._check_reachable("auto")
+    assert "ray start --head" in str(info.value)
+
+
 def test_actor_resources_fit_the_cluster_or_say_what_does():
     from jaxac.a3c.ray_trainer import actor_resources
 
@@ -139,14 +160,14 @@ def actor_pids(class_name):
 def test_a_killed_worker_is_restarted_and_the_run_ends_at_its_budget(local_ray, tmp_path):
     killed = []
     watcher = kill_one_worker_when(tmp_path / "metrics.jsonl", 2, killed)
-    summary = execute(ray_config("workers=4", "total_steps=30000", "log_interval=2000"),
+    summary = execute(ray_config("workers=3", "total_steps=15000", "log_interval=1000"),
                       tmp_path)
     watcher.join()
     assert killed, "no worker was killed: the run ended before its second log line"
     fields = summary["a3c"]
-    assert summary["env_steps"] == 30000 and fields["updates_applied"] == 30000 // 5
+    assert summary["env_steps"] == 15000 and fields["updates_applied"] == 15000 // 5
     assert sum(fields["worker_restarts"]) == 1 and fields["lost_rollouts"] <= 1
-    assert sum(fields["worker_env_steps"]) == 30000
+    assert sum(fields["worker_env_steps"]) == 15000
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["worker_restarts"] == 1 and "lost_rollouts" in lines[-1]
 
@@ -174,7 +195,7 @@ def test_checkpoints_resume_in_the_other_backend_exactly(local_ray, tmp_path):
     """A checkpoint of one backend, resumed in the other with no steps left to run, ends with the
     same shared state and worker environments; then training goes on in it."""
     threads_run, ray_run = tmp_path / "threads", tmp_path / "ray"
-    execute(compose_config(["algo=a3c", "workers=4", "total_steps=4000", "eval_episodes=0"]),
+    execute(compose_config(["algo=a3c", "workers=2", "total_steps=4000", "eval_episodes=0"]),
             threads_run)
     saved = find_checkpoint(threads_run)
 
@@ -189,7 +210,7 @@ def test_checkpoints_resume_in_the_other_backend_exactly(local_ray, tmp_path):
     np.testing.assert_array_equal(after["state"], before["state"])
     jax.tree.map(np.testing.assert_array_equal, after["envs"], before["envs"])
 
-    execute(ray_config("workers=4", "total_steps=4000", "eval_episodes=0"), ray_run)
+    execute(ray_config("workers=2", "total_steps=4000", "eval_episodes=0"), ray_run)
     summary = resume(ray_run, "algo.backend=threads", "total_steps=8000")
     assert summary["a3c"]["backend"] == "threads" and summary["env_steps"] == 8000
     assert summary["a3c"]["version"] == 8000 // 5 and summary["resumed_from_env_steps"] == 4000

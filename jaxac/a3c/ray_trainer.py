@@ -63,6 +63,7 @@ def connect(cfg: DictConfig) -> bool:
         finally:
             signal.signal(signal.SIGINT, previous)
         return True
+    _check_reachable(str(address))  # ray.init would retry an unreachable address for minutes
     try:
         ray.init(address=str(address), **options)
     except (ConnectionError, RuntimeError) as error:
@@ -70,6 +71,36 @@ def connect(cfg: DictConfig) -> bool:
                           f"(start one with `ray start --head`), or null for a local instance "
                           f"({error})") from None
     return False
+
+
+REACH_SECONDS = 10.0  # how long a cluster's address may take to accept a connection
+CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"  # where `ray start` leaves its address
+
+
+def _check_reachable(address: str) -> None:
+    """ConfigError unless something accepts connections at the cluster address `address` names
+    (`auto`: $RAY_ADDRESS, or what `ray start --head` on this machine wrote)."""
+    import socket
+
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        if not target and os.path.exists(CURRENT_CLUSTER_FILE):
+            with open(CURRENT_CLUSTER_FILE) as f:
+                target = f.read().strip()
+        if not target:
+            raise ConfigError("ray.address", address, "auto only where a Ray cluster runs: none "
+                              "is known here (no RAY_ADDRESS, no `ray start --head` on this "
+                              "machine); start one, give its HOST:PORT, or null for a local "
+                              "instance")
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_SECONDS).close()
+    except (OSError, ValueError) as error:
+        raise ConfigError("ray.address", address, f"the address of a running Ray cluster: "
+                          f"nothing answers at {target} within {REACH_SECONDS:.0f} s ({error}); "
+                          "start one with `ray start --head`, or null for a local "
+                          "instance") from None
 
 
 def actor_resources(cfg: DictConfig, cluster: dict) -> tuple[float, float]:

@@ -11,7 +11,9 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-SECTIONS = ("a2c", "a3c", "solve", "distributed", "ray")
+# "layouts": A2C on one XLA thread, split over CPU devices, and the default layout's check, at
+# the a2c section's batch sizes (CPU only)
+SECTIONS = ("a2c", "layouts", "a3c", "solve", "distributed", "ray")
 
 
 def parse_workers(value: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None):
     if unknown:
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; allowed: "
                      + ", ".join(SECTIONS))
+    if "layouts" in sections and "a2c" not in sections:
+        parser.error("--only layouts compares layouts at the a2c section's batch sizes: add a2c")
     if "ray" in sections and importlib.util.find_spec("ray") is None:
         from jaxac.config import RAY_INSTALL
 
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace, sections: set[str]):
                 results.a2c.append(row)
                 print(f"A2C {row.env} workers={workers}: "
                       f"{row.train_steps_per_second.median:,.0f} steps/s", flush=True)
-        if jax.default_backend() == "cpu":  # these are about the CPU's cores
+        if "layouts" in sections and jax.default_backend() == "cpu":  # about the CPU's cores
             results.a2c_devices = a2c.on_cpu_devices(results.a2c, args.repeats, args.seconds)
             results.a2c_split = a2c.split_ceiling(results.a2c, args.repeats, args.seconds,
                                                   matmul_rate)
