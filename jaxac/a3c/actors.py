@@ -169,6 +169,7 @@ class ServerProcess:
                  and self.counters.reserve_rollout())
         self.holding[worker] = go_on
         return go_on, self.server.version, [self._snapshot_ref()]
+
     def _snapshot_ref(self):
         """The newest version's snapshot in the object store, put there once per version."""
         import ray
@@ -210,9 +211,8 @@ class ServerProcess:
         """What happened since the last report (records, episodes), the counters, the cost, and
         with `with_state` the state and every worker's environments, all of one instant."""
         shared = self.counters
-        episodes = [shared.interval_episodes.popleft()
-                    for _ in range(len(shared.interval_episodes))]
-        out = {**self._progress(), "records": self.server.drain_records(), "episodes": episodes,
+        out = {**self._progress(), "records": self.server.drain_records(),
+               "episodes": shared.drain_episodes(),
                "version": self.server.version, "worker_steps": list(shared.worker_steps),
                "recent": list(shared.recent), "lost_rollouts": self.lost_rollouts,
                "cost": dict(self.cost),
@@ -231,11 +231,6 @@ class ServerProcess:
         """(record, result vector, scale) of every applied update, in order (keep_history)."""
         return [(record, np.asarray(result), scale)
                 for record, result, scale in self.server.history or []]
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
 
 
 class WorkerProcess:
@@ -279,8 +274,3 @@ class WorkerProcess:
                 self.index, version, np.asarray(result), np.asarray(envs)))
             pushed += 1
         return pushed
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()

@@ -98,6 +98,12 @@ class A3CLearner:
     def unpack_envs(self, vector: Any) -> Any:
         return self.env_layout.unpack(jnp.asarray(vector))
 
+    def stack_envs(self, vectors: list) -> Any:
+        """Workers' packed environment vectors as one pytree on the host, stacked on a leading
+        worker axis (what a checkpoint stores)."""
+        envs = [jax.device_get(self.unpack_envs(v)) for v in vectors]
+        return jax.tree.map(lambda *xs: np.stack(xs), *envs)
+
     def read_report(self, report: list[float]) -> Report:
         """Parse the report part of a result vector (`result[report_start:]`, as a list)."""
         r = self.report

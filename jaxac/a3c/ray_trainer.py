@@ -212,20 +212,17 @@ class RayA3CTrainer:
 
     # ----- set-up ------------------------------------------------------------------------------
     def restore(self, checkpoint: CheckpointInfo) -> None:
-        import ray
-
-        fresh = [jax.device_get(self.learner.init_envs(k)) for k in self.keys]
         template = {"state": np.zeros(self.learner.state.size, np.float32),
-                    "envs": jax.tree.map(lambda *xs: np.stack(xs), *fresh)}
+                    "envs": jax.device_get(jax.vmap(self.learner.init_envs)(self.keys))}
         restored = load_checkpoint(checkpoint, template)
         meta = checkpoint.meta
         solved = meta["solved_env_steps"]
         solved = solved[0] if isinstance(solved, list) else solved
-        self._call(ray.get, self.server.restore.remote(
+        self._call(self.server.restore.remote(
             restored["state"], int(meta["version"]), list(meta["worker_env_steps"]),
             list(meta["recent_returns"]), solved))
         self.initial_envs = [np.asarray(self.learner.pack_envs(
-            jax.tree.map(lambda x, i=i: x[i], restored["envs"]))) for i in range(len(fresh))]
+            jax.tree.map(lambda x, i=i: x[i], restored["envs"]))) for i in range(len(self.keys))]
         self.totals = dict(meta["totals"])
         self._progress["env_steps"] = sum(meta["worker_env_steps"])
 
@@ -243,24 +240,17 @@ class RayA3CTrainer:
         return time.perf_counter() - start
 
     def start(self) -> None:
-        import ray
-
         envs = self.initial_envs or [np.asarray(self.learner.fresh_env_vector(k))
                                      for k in self.keys]
-        self._call(ray.get, self.server.begin.remote(envs))
+        self._call(self.server.begin.remote(envs))
         self.runs = {w.run.remote(0, envs[i]): i for i, w in enumerate(self.workers)}
         self._last = {"time": time.perf_counter(), "steps": self._progress["env_steps"],
                       "cost": None}
 
-    def run_to_completion(self) -> dict:
-        """Start the workers, wait until the budget is used up, end the actors; returns the
-        server's final report (for tests and the bench: no driver, no metrics). Re-raises a
-        worker's failure."""
-        self.start()
-        self.advance(2**62, SimpleNamespace(requested=False))
-        self.stop()
-        if self._failure is not None:
-            raise self._failure
+    @property
+    def final_report(self) -> dict | None:
+        """The server's last report (state, counters, cost, the records not yet logged), taken
+        by `stop`; None before, or when the server was lost."""
         return self._final
 
     # ----- watching the workers ---------------------------------------------------------------
@@ -275,7 +265,7 @@ class RayA3CTrainer:
                 self._loop_ended(ref)
             if self._failure is None:
                 with contextlib.suppress(ServerLost):  # kept in _failure, raised by the driver
-                    self._progress = self._call(ray.get, self.server.progress.remote())
+                    self._progress = self._call(self.server.progress.remote())
                 joined = self._progress["generation"]
                 self._rejoining = {i: g for i, g in self._rejoining.items() if joined[i] == g}
 
@@ -302,14 +292,13 @@ class RayA3CTrainer:
     def _restart(self, i: int, error: BaseException) -> None:
         """Worker i's actor died or is restarting: run its loop again once Ray has restarted it;
         without restarts left, go on without it."""
-        import ray
         from ray.exceptions import ActorUnavailableError
 
         why = str(error).splitlines()[0]
         if not isinstance(error, ActorUnavailableError):  # dead for good: out of restarts
             log.error(f"A3C worker {i} is gone ({why}); no ray.max_restarts left, the run goes "
                       "on without it")
-            self._call(ray.get, self.server.retire.remote(i))
+            self._call(self.server.retire.remote(i))
             if not self.runs:
                 self._failure = WorkerFailed(i, f"every worker actor is gone; the last: {why}")
             return
@@ -322,20 +311,19 @@ class RayA3CTrainer:
 
     def _server_alive(self) -> bool:
         """Ping the server; a dead one ends the run (`ServerLost`)."""
-        import ray
-
         try:
-            self._call(ray.get, self.server.progress.remote(), timeout=SERVER_ANSWER_SECONDS)
+            self._call(self.server.progress.remote(), timeout=SERVER_ANSWER_SECONDS)
         except ServerLost:
             return False
         return True
 
-    def _call(self, get, ref, **kwargs):
+    def _call(self, ref, timeout: float | None = None):
         """`ray.get(ref)` of a server call; a dead (or silent) server ends the run."""
+        import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         try:
-            return get(ref, **kwargs)
+            return ray.get(ref, timeout=timeout)
         except (RayActorError, GetTimeoutError) as error:
             if not isinstance(self._failure, ServerLost):
                 self._failure = ServerLost(
@@ -357,14 +345,12 @@ class RayA3CTrainer:
                 or (self.stop_when_solved and p["solved_env_steps"] is not None))
 
     def _report(self, with_state: bool) -> dict | None:
-        import ray
-
         if self._final is not None:
             return self._final
         if isinstance(self._failure, ServerLost):
             return None
         try:
-            report = self._call(ray.get, self.server.report.remote(with_state))
+            report = self._call(self.server.report.remote(with_state))
         except ServerLost:
             return None
         self._progress = {k: report[k] for k in self._progress}
@@ -405,8 +391,7 @@ class RayA3CTrainer:
 
     def checkpoint(self) -> tuple[Any, dict]:
         report = self._frozen or self._report(True)
-        envs = [jax.device_get(self.learner.unpack_envs(v)) for v in report["envs"]]
-        return ({"state": report["state"], "envs": jax.tree.map(lambda *xs: np.stack(xs), *envs)},
+        return ({"state": report["state"], "envs": self.learner.stack_envs(report["envs"])},
                 {"version": report["version"], "worker_env_steps": report["worker_steps"],
                  "recent_returns": report["recent"], "totals": dict(self.totals)})
 
@@ -427,7 +412,7 @@ class RayA3CTrainer:
         self._stopped = True
         try:
             if self._failure is None:
-                self._call(ray.get, self.server.stop.remote())
+                self._call(self.server.stop.remote())
                 deadline = time.monotonic() + STOP_SECONDS
                 while self.runs and time.monotonic() < deadline and self._failure is None:
                     done, _ = ray.wait(list(self.runs), num_returns=len(self.runs),
@@ -437,11 +422,8 @@ class RayA3CTrainer:
                 if self.runs:
                     log.error(f"{len(self.runs)} worker(s) did not stop within {STOP_SECONDS:.0f}"
                               " s; ended")
-            if self._failure is None or not isinstance(self._failure, ServerLost):
-                final = self._report(True)
-                if final is not None:
-                    self._frozen = None
-                    self._final = final
+            if not isinstance(self._failure, ServerLost):
+                self._final = self._report(True)
         except ServerLost:
             pass
         finally:

@@ -127,8 +127,7 @@ class A3CTrainer:
 
     def all_worker_envs(self) -> Any:
         """Every worker's environment state, stacked on a leading worker axis (on the host)."""
-        envs = [jax.device_get(self.learner.unpack_envs(v)) for v in self.worker_envs]
-        return jax.tree.map(lambda *xs: np.stack(xs), *envs)
+        return self.learner.stack_envs(self.worker_envs)
 
     def run_to_completion(self) -> None:
         """Start the workers, wait until the step budget is used up; re-raise a worker failure
@@ -189,9 +188,8 @@ class A3CTrainer:
         if steps == self._last["steps"] and not records:
             return []
         now = time.perf_counter()
-        episodes = [shared.interval_episodes.popleft()
-                    for _ in range(len(shared.interval_episodes))]
-        row = interval_row(steps, server.version, records, episodes, shared, self.totals,
+        row = interval_row(steps, server.version, records, shared.drain_episodes(), shared,
+                           self.totals,
                            float(current_lr(server.opt_state)), now - self._last["time"])
         self._last = {"time": now, "steps": steps}
         return [row]

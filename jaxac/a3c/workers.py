@@ -146,6 +146,10 @@ class SharedCounters:
             return True
         return False
 
+    def drain_episodes(self) -> list[tuple[float, int]]:
+        """Take the (return, length) of the episodes finished since the last drain."""
+        return [self.interval_episodes.popleft() for _ in range(len(self.interval_episodes))]
+
     def restore(self, worker_steps: list[int], recent: list[float],
                 solved_env_steps: int | None) -> None:
         """Continue from a checkpoint's counters (the rollouts already done are used up)."""

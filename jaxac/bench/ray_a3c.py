@@ -64,7 +64,7 @@ def _ray_run(workers: int, total_steps: int, seed: int) -> dict[str, float]:
     trainer.advance(2**62, SimpleNamespace(requested=False))
     elapsed = time.perf_counter() - start
     trainer.stop()
-    final = trainer._final
+    final = trainer.final_report
     records, cost = final["records"], final["cost"]
     updates = max(cost["updates"], 1)
     return {"steps_per_second": sum(final["worker_steps"]) / elapsed,
