@@ -325,6 +325,8 @@ class A2CTrainer:
     """A2C for the shared training driver (`jaxac.loop.Trainer`): the learner's jitted
     intervals, one per log point, on a state that stays on the devices between them."""
 
+    trains_in_background = False  # see jaxac.loop.Trainer
+
     def __init__(self, learner: A2CLearner, seed: int, total_steps: int):
         self.learner, self.seeds = learner, learner.s.seeds
         self.total_updates = total_updates(total_steps, learner.steps_per_update)
@@ -332,6 +334,7 @@ class A2CTrainer:
         self.updates_done = 0
         self._rows: list[MetricRow] = []  # the last interval's, until the driver logs them
         self._last_rows: list[MetricRow] = []
+
 
     def restore(self, checkpoint: CheckpointInfo) -> None:
         self.state = self.learner.place(load_checkpoint(checkpoint,

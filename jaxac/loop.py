@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, ContextManager, Protocol
 
 from jaxac.checkpoint import Checkpointer, CheckpointInfo, FinalWriteFailed
+from jaxac.evaluate import PeriodicEvaluation
 from jaxac.metrics import MetricsWriter, Progress, mean_or_none, resident_memory_mb
 from jaxac.results import Divergence, MetricRow, TrainResult
 from jaxac.signals import StopRequest
@@ -24,6 +25,9 @@ class Trainer(Protocol):
     """What an algorithm gives the driver. Env steps are counted per seed."""
 
     seeds: int
+    # Whether training goes on between the driver's calls (A3C's workers): the time the driver
+    # spends evaluating then counts as training time; otherwise (A2C) it is left out.
+    trains_in_background: bool
 
     def restore(self, checkpoint: CheckpointInfo) -> None:
         """Continue from a training checkpoint (its payload, and its metadata: the driver's
@@ -101,7 +105,10 @@ def _per_seed(value: Any, seeds: int) -> list:
 
 def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: StopRequest,
           checkpointer: Checkpointer, *, seed: int, log_interval: int,
-          stop_when_solved: bool, agree: Callable[[bool], bool] = bool) -> TrainResult:
+          stop_when_solved: bool, agree: Callable[[bool], bool] = bool,
+          evaluation: PeriodicEvaluation | None = None,
+          to_host: Callable[[Any], Any] = lambda tree: tree,
+          sink: Callable[[dict], None] | None = None) -> TrainResult:
     """Train with `trainer` to its step budget, logging every `log_interval` env steps.
 
     Starts from `checkpointer.resume_from` when it names a checkpoint. Writes a checkpoint every
@@ -112,12 +119,19 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
     once the metrics so far are written. `agree` turns this process's stop request into the
     run's decision (a multi-process run: any process's, `distributed.StopVote`), taken after
     every interval so that all processes stop after the same one.
+
+    With `evaluation`, training also stops at each of its points (a log point then), and the
+    greedy returns of the policy there (`to_host(trainer.policy())`, taken while the A3C workers
+    go on) are logged on that point's rows as `eval_return`. `sink` gets every metric record
+    written (the experiment trackers).
     """
     resume = checkpointer.resume_from
     if resume is not None:
         trainer.restore(resume)
     clock = Clock(trainer.seeds, resume.meta if resume is not None else None)
     compile_seconds = trainer.compile()
+    if evaluation is not None:
+        compile_seconds += evaluation.evaluator.compile(*to_host(trainer.policy()))
     last = {"time": time.perf_counter(), "steps": trainer.env_steps}
 
     def record(rows: list[MetricRow]) -> None:
@@ -133,7 +147,10 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
                 clock.solved_env_steps[i] = row.solved_env_steps
                 clock.solved_wall_seconds[i] = clock.seconds(last["time"]) + frac * (
                     now - last["time"])
-            writer.write(row.record(seed, clock.seconds(now), rate, resident_memory_mb()))
+            line = row.record(seed, clock.seconds(now), rate, resident_memory_mb())
+            writer.write(line)
+            if sink is not None:
+                sink(line)
         progress.update(steps, rate, mean_or_none(r.episode_return_mean for r in rows),
                         mean_or_none(r.return_last100 for r in rows), force=trainer.finished)
         last.update(time=now, steps=steps)
@@ -142,6 +159,8 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
         tree, meta = trainer.checkpoint()
         meta = {"env_steps": trainer.env_steps, "metrics_lines": writer.lines, **clock.state(),
                 **meta}
+        if evaluation is not None:
+            meta["evaluations"] = evaluation.history
         try:
             checkpointer.save(tree, meta)
         except OSError as error:
@@ -151,19 +170,49 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
             raise FinalWriteFailed(error, checkpointer.save_elsewhere(tree, meta),
                                    checkpointer.last_env_steps) from error
 
+    def evaluate() -> Any:
+        """The greedy returns of the policy now (before the log rows are taken, outside any
+        pause: A3C's workers go on), if an evaluation point has been passed."""
+        steps = trainer.env_steps
+        if evaluation is None or not evaluation.due(steps) or trainer.divergence() is not None:
+            return None
+        began = time.perf_counter()
+        returns = evaluation.run(*to_host(trainer.policy()), steps)
+        if not trainer.trains_in_background:  # the interval's throughput is of training alone
+            last["time"] += time.perf_counter() - began
+        return steps, returns
+
+    def attach(rows: list[MetricRow], evaluated: Any) -> None:
+        """Put an evaluation on this log point's rows (A3C: of the policy as it was a moment
+        before the rows, at `eval_env_steps`)."""
+        if evaluated is None or not rows:
+            return
+        steps, returns = evaluated
+        evaluation.record(steps, returns)
+        for row in rows:
+            r = returns[row.seed_index]
+            row.extra.update(eval_return=float(r.mean()), eval_return_std=float(r.std()),
+                             eval_episodes=int(r.size), eval_env_steps=steps)
+
     divergence = None
     stopping = agree(stop.requested)
     trainer.start()
     try:
         while not trainer.finished and not stopping:
-            trainer.advance(last["steps"] + log_interval, stop)
+            target = last["steps"] + log_interval
+            if evaluation is not None:
+                target = min(target, evaluation.next_at(trainer.env_steps))
+            trainer.advance(target, stop)
             stopping = agree(stop.requested)
             due = checkpointer.due(trainer.env_steps)
+            returns = evaluate()
             with trainer.paused() if due else contextlib.nullcontext(False) as consistent:
                 rows = trainer.log_rows()
-                if rows:
-                    record(rows)
                 divergence = trainer.divergence()
+                if rows:
+                    if divergence is None:
+                        attach(rows, returns)
+                    record(rows)
                 if divergence is not None:
                     break
                 if consistent:
@@ -172,8 +221,10 @@ def train(trainer: Trainer, writer: MetricsWriter, progress: Progress, stop: Sto
                 break
     finally:
         trainer.stop()
+    returns = evaluate() if divergence is None else None
     rows = trainer.log_rows()  # what the last log point missed (A3C's final rollouts)
     if rows:
+        attach(rows, returns)
         record(rows)
     failure = trainer.failure()
     if failure is not None:

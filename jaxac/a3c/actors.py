@@ -222,6 +222,10 @@ class ServerProcess:
             out["envs"] = [np.asarray(e) for e in self.envs]
         return out
 
+    async def state_now(self) -> np.ndarray:
+        """The state vector as it is now (an evaluation during training reads its policy)."""
+        return np.array(self.server.state)
+
     def _learning_rate(self) -> float:
         from jaxac.optim import current_lr
 

@@ -187,6 +187,8 @@ class RayA3CTrainer:
     """The driver's side of a Ray run: starts the workers' loops, watches them (restarting the
     dead, ending the run on an exception or a lost server), and reads the server's reports."""
 
+    trains_in_background = True  # see jaxac.loop.Trainer
+
     seeds = 1
 
     def __init__(self, learner, server, workers: list, keys: jax.Array,
@@ -211,6 +213,7 @@ class RayA3CTrainer:
         self._stopped = False
 
     # ----- set-up ------------------------------------------------------------------------------
+
     def restore(self, checkpoint: CheckpointInfo) -> None:
         template = {"state": np.zeros(self.learner.state.size, np.float32),
                     "envs": jax.device_get(jax.vmap(self.learner.init_envs)(self.keys))}
@@ -444,7 +447,9 @@ class RayA3CTrainer:
         return self._failure
 
     def policy(self) -> tuple[Any, Any]:
-        state = self._final["state"]
+        """The final policy, or during training the server's current one (the workers go on)."""
+        state = (self._final["state"] if self._final is not None
+                 else self._call(self.server.state_now.remote()))
         params = self.learner.unravel(state[self.learner.state.params])
         stats = jax.device_get(self.learner.stats_layout.unpack(
             state[self.learner.state.obs_stats]))

@@ -63,6 +63,8 @@ class A3CTrainer:
     """`workers` threads, each looping: snapshot -> rollout and gradient -> submit to the server.
     For the driver it reports what the workers did since the last log point."""
 
+    trains_in_background = True  # see jaxac.loop.Trainer
+
     seeds = 1  # A3C trains one agent per run (several seeds are a sweep)
 
     def __init__(self, learner: A3CLearner, server: ParameterServer, counters: SharedCounters,
@@ -138,6 +140,7 @@ class A3CTrainer:
             raise self.lifetime.failures[0]
 
     # ----- the driver's interface (jaxac.loop.Trainer) ----------------------------------------
+
     def restore(self, checkpoint: CheckpointInfo) -> None:
         target = {"state": self.server.state.copy(),
                   "envs": jax.device_get(jax.vmap(self.learner.init_envs)(self.keys))}
