@@ -43,10 +43,23 @@ class JaxacSweeper(BasicSweeper):
 
 
 class JaxacLauncher(BasicLauncher):
-    """Runs the jobs one after another in this process; a job that does not compose fails alone."""
+    """Runs the jobs one after another in this process; a job that does not compose fails alone.
+    With `n_jobs` > 1 (`hydra.launcher.n_jobs`), runs a batch's jobs in that many processes
+    instead, with Hydra's joblib launcher (an Optuna sweeper's batch of trials)."""
+
+    def __init__(self, n_jobs: int = 1) -> None:
+        super().__init__()
+        self.n_jobs = int(n_jobs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
+        if self.n_jobs > 1 and len(job_overrides) > 1:
+            from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+
+            parallel = JoblibLauncher(n_jobs=self.n_jobs)
+            parallel.setup(hydra_context=self.hydra_context, task_function=self.task_function,
+                           config=self.config)
+            return parallel.launch(job_overrides, initial_job_idx)
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
