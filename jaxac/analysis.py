@@ -221,6 +221,8 @@ def _summary_figures(summary: dict, metrics: pd.DataFrame) -> dict[str, Any]:
     record.update({
         "env_steps": summary["env_steps"],
         "final_return": _none_to_nan(summary["final_eval"]["return_mean"]),
+        "final_return_per_seed": tuple(_none_to_nan(x) for x in
+                                       summary["final_eval"]["return_mean_per_seed"] or ()),
         "solved": bool(solved["all_seeds"]),
         # Time to threshold: when the last-100 training mean first reached the threshold; for a
         # run of several seeds, when all of them had (NaN if any never did).
@@ -231,6 +233,14 @@ def _summary_figures(summary: dict, metrics: pd.DataFrame) -> dict[str, Any]:
         "compile_seconds": summary["compile_seconds"],
         "peak_memory_mb": summary.get("peak_memory_mb"),
     })
+    during = summary.get("eval_during")
+    if during and during.get("best"):
+        record.update(eval_best_return=during["best"]["return_mean"],
+                      eval_best_env_steps=during["best"]["env_steps"],
+                      eval_last_return=during["last"]["return_mean"])
+    objective = summary.get("objective")
+    if objective:
+        record["objective"] = _none_to_nan(objective["value"])
     a3c = summary.get("a3c")
     if a3c:
         record.update({"staleness_mean": a3c["staleness_mean"],
@@ -265,3 +275,167 @@ def seed_table(runs: pd.DataFrame, values: Iterable[str], by: Iterable[str]) -> 
     values, by = list(values), list(by)
     table = runs.groupby(by, dropna=False)[values].agg(["mean", "std", "count"])
     return table.round(3)
+
+
+def load_study(sweep_dir: str | os.PathLike) -> Results:
+    """An Optuna search (`+experiment=tune`): its trials as `load_results` loads a sweep, with
+    `runs` sorted by `trial` (Hydra's job number) and given `objective` (what the trial
+    returned; NaN for one that failed) and `trial_state` ("complete", or "failed" for a trial
+    that failed or diverged, which Optuna was told as FAIL). The search's best trial, as the
+    sweeper wrote it (`optimization_results.yaml`), is in `runs.attrs["best"]`."""
+    sweep_dir = Path(sweep_dir)
+    results = load_results(sweep_dir)
+    runs = results.runs
+    runs["trial"] = [_job_number(Path(d)) for d in runs["job_dir"]]
+    if "objective" not in runs:
+        runs["objective"] = np.nan
+    runs["trial_state"] = np.where((runs["status"] == "completed") & runs["objective"].notna(),
+                                   "complete", "failed")
+    results.runs = runs.sort_values("trial", ignore_index=True)
+    best = sweep_dir / "optimization_results.yaml"
+    results.runs.attrs["best"] = (OmegaConf.to_container(OmegaConf.load(best))
+                                  if best.exists() else None)
+    return results
+
+
+def _job_number(run_dir: Path) -> int | None:
+    try:
+        return int(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.job.num)
+    except Exception:  # noqa: BLE001 - a run without Hydra's record has no trial number
+        return None
+
+
+# ----- aggregate statistics across seeds and environments (rliable) -----
+AGGREGATES = ("iqm", "median", "mean", "optimality_gap")
+
+
+def seed_scores(runs: pd.DataFrame, value: str = "final_return_per_seed",
+                normalize: str | dict[str, tuple[float, float]] | None = "reference"
+                ) -> pd.DataFrame:
+    """One row per trained agent (each seed of each run): its config columns, `seed_index`
+    and `score`, the final greedy return normalised to (return - low) / (high - low).
+
+    `normalize`: "reference" (low: a random policy's return, high: the published reference,
+    `jaxac.references`), a dict env -> (low, high), or None for the
+    raw returns. Runs that did not complete are left out."""
+    done = runs[runs["status"] == "completed"]
+    rows = []
+    for _, run in done.iterrows():
+        for i, x in enumerate(run[value]):
+            rows.append({**run.drop(labels=[value]).to_dict(), "seed_index": i,
+                         "return": x})
+    scores = pd.DataFrame(rows)
+    if not len(scores):
+        raise ValueError("no completed run with final greedy returns to aggregate")
+    bounds = _normalization(normalize, sorted(scores["env"].unique()))
+    if bounds is None:
+        scores["score"] = scores["return"]
+    else:
+        low = scores["env"].map(lambda e: bounds[e][0])
+        high = scores["env"].map(lambda e: bounds[e][1])
+        scores["score"] = (scores["return"] - low) / (high - low)
+    return scores
+
+
+def _normalization(normalize, envs: list[str]) -> dict[str, tuple[float, float]] | None:
+    if normalize is None:
+        return None
+    if normalize == "reference":
+        from jaxac.references import RANDOM_RETURNS, REFERENCES
+
+        normalize = {r.env: (RANDOM_RETURNS[r.env], r.value) for r in REFERENCES
+                     if r.value is not None and r.env in RANDOM_RETURNS}
+    missing = [e for e in envs if e not in normalize]
+    if missing:
+        raise ValueError(f"no (low, high) to normalise the scores of {', '.join(missing)}: pass "
+                         "normalize={env: (low, high)}, or normalize=None for raw returns")
+    return {e: (float(normalize[e][0]), float(normalize[e][1])) for e in envs}
+
+
+def score_matrices(scores: pd.DataFrame, by: str = "algo") -> dict[str, np.ndarray]:
+    """rliable's input: per value of `by`, scores `[agents, environments]` (environments in
+    sorted order; every environment cut to the fewest agents any of them has)."""
+    envs = sorted(scores["env"].unique())
+    matrices = {}
+    for name, group in scores.groupby(by, sort=True):
+        columns = [group.loc[group["env"] == e, "score"].to_numpy(float) for e in envs]
+        if any(len(c) == 0 for c in columns):
+            absent = [e for e, c in zip(envs, columns) if len(c) == 0]
+            raise ValueError(f"{by}={name} has no scores on {', '.join(absent)}: aggregate "
+                             "over the environments every group has")
+        n = min(len(c) for c in columns)
+        if any(len(c) != n for c in columns):
+            log.warning(f"{by}={name}: environments have {sorted({len(c) for c in columns})} "
+                        f"agents; each is cut to the first {n}")
+        matrices[str(name)] = np.stack([c[:n] for c in columns], axis=1)
+    return matrices
+
+
+def stratified_bootstrap(matrix: np.ndarray, statistic, reps: int, confidence: float,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile confidence interval of `statistic(matrix)` (an array of statistics) by the
+    stratified bootstrap of rliable (Agarwal et al., 2021): each resample draws, with
+    replacement, as many agents as there are within each environment (a column) independently.
+    Returns (low, high), one entry per statistic."""
+    agents, envs = matrix.shape
+    draws = rng.integers(0, agents, size=(reps, agents, envs))
+    columns = np.arange(envs)[None, :]
+    samples = np.stack([statistic(matrix[d, columns]) for d in draws])
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+
+
+def aggregate_scores(scores: pd.DataFrame, by: str = "algo", reps: int = 2000,
+                     confidence: float = 0.95, seed: int = 0,
+                     optimality_target: float = 1.0) -> pd.DataFrame:
+    """Interquartile mean, median, mean and optimality gap of the scores across agents and
+    environments, per value of `by`, each with its stratified-bootstrap confidence interval
+    (`reps` resamples, seeded by `seed`). The statistics are rliable's
+    (`rliable.metrics.aggregate_*`); the optimality gap is the mean shortfall below
+    `optimality_target` (1.0: the reference, with normalised scores), lower is better.
+
+    (The bootstrap is `stratified_bootstrap`, not rliable's own: rliable 1.2 resamples through
+    arch < 8, which does not import under pandas 3.)"""
+    from rliable import metrics
+
+    def aggregates(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x),
+                         metrics.aggregate_mean(x),
+                         metrics.aggregate_optimality_gap(x, optimality_target)])
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, matrix in score_matrices(scores, by).items():
+        point = aggregates(matrix)
+        low, high = stratified_bootstrap(matrix, aggregates, reps, confidence, rng)
+        row = {by: name, "agents": matrix.shape[0], "environments": matrix.shape[1]}
+        for i, stat in enumerate(AGGREGATES):
+            row.update({stat: float(point[i]), f"{stat}_low": float(low[i]),
+                        f"{stat}_high": float(high[i])})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def performance_profiles(scores: pd.DataFrame, by: str = "algo",
+                         taus: Iterable[float] | None = None, reps: int = 2000,
+                         confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Score distributions (rliable's performance profiles): per value of `by` and threshold
+    `tau`, the fraction of agent-environment scores above tau, with its stratified-bootstrap
+    confidence interval. Columns: by, tau, fraction, low, high."""
+    matrices = score_matrices(scores, by)
+    if taus is None:
+        values = np.concatenate([m.ravel() for m in matrices.values()])
+        taus = np.linspace(min(0.0, values.min()), max(1.0, values.max()), 41)
+    taus = np.asarray(list(taus), float)
+
+    def profile(x: np.ndarray) -> np.ndarray:
+        return (x.ravel()[:, None] > taus[None, :]).mean(axis=0)
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, matrix in matrices.items():
+        fraction = profile(matrix)
+        low, high = stratified_bootstrap(matrix, profile, reps, confidence, rng)
+        rows += [{by: name, "tau": t, "fraction": float(fraction[j]), "low": float(low[j]),
+                  "high": float(high[j])} for j, t in enumerate(taus)]
+    return pd.DataFrame(rows)

@@ -18,7 +18,8 @@ LABELS = {"return_last100": "return (last 100 episodes)", "final_return": "final
           "episode_return_mean": "episode return", "steps_per_second": "env steps / s",
           "threshold_env_steps": "env steps to threshold",
           "threshold_wall_seconds": "wall seconds to threshold",
-          "staleness_mean": "mean staleness (updates)", "updates_per_second": "updates / s"}
+          "staleness_mean": "mean staleness (updates)", "updates_per_second": "updates / s",
+          "eval_return": "greedy evaluation return (during training)"}
 
 
 def _pyplot():
@@ -102,7 +103,8 @@ def plot_learning_curves(metrics: pd.DataFrame, by: Iterable[str] = ("algo",),
 def plot_learning_curve(metrics: pd.DataFrame, title: str = "", threshold: float | None = None,
                         path: str | os.PathLike | None = None):
     """One run: episode return against environment steps, one colour per seed (faint: the
-    interval's mean, bold: the last-100 mean)."""
+    interval's mean, bold: the last-100 mean, dotted: the greedy evaluations during training,
+    where `eval_every` made them)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for i, (seed, group) in enumerate(metrics.groupby("seed_index")):
@@ -111,6 +113,10 @@ def plot_learning_curve(metrics: pd.DataFrame, title: str = "", threshold: float
                 label=f"seed {seed}: interval mean")
         ax.plot(group["env_steps"], group["return_last100"], color=color, lw=2,
                 label=f"seed {seed}: last 100 episodes")
+        if "eval_return" in group and group["eval_return"].notna().any():
+            evaluated = group[group["eval_return"].notna()]
+            ax.plot(evaluated["env_steps"], evaluated["eval_return"], color=color, ls=":",
+                    marker="o", ms=3, lw=1, label=f"seed {seed}: greedy evaluation")
     if threshold is not None:
         ax.axhline(threshold, color="k", ls="--", lw=1, label=f"solved ({threshold:g})")
     ax.set_xlabel("environment steps")
@@ -200,4 +206,48 @@ def plot_heatmaps(runs: pd.DataFrame, value: str, index: str = "workers",
                 ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=8,
                         color="k" if bright else "w")
         fig.colorbar(image, ax=ax, label=LABELS.get(value, value))
+    return _finish(fig, path)
+
+
+def plot_aggregates(table: pd.DataFrame, by: str = "algo", path: str | os.PathLike | None = None,
+                    title: str = ""):
+    """`jaxac.analysis.aggregate_scores`' table: one panel per statistic (IQM, median, mean,
+    optimality gap), a point with its confidence interval per value of `by`."""
+    from jaxac.analysis import AGGREGATES
+
+    plt = _pyplot()
+    names = {"iqm": "IQM", "median": "median", "mean": "mean",
+             "optimality_gap": "optimality gap (lower is better)"}
+    fig, axes = plt.subplots(1, len(AGGREGATES), figsize=(3.2 * len(AGGREGATES), 0.6 * len(table)
+                                                               + 1.6), dpi=100, squeeze=False)
+    rows = list(range(len(table)))
+    for ax, stat in zip(axes[0], AGGREGATES):
+        for i, (_, row) in enumerate(table.iterrows()):
+            ax.errorbar(row[stat], i, xerr=[[row[stat] - row[f"{stat}_low"]],
+                                           [row[f"{stat}_high"] - row[stat]]],
+                        fmt="o", color=f"C{i % 10}", capsize=4)
+        ax.set_yticks(rows, [str(v) for v in table[by]] if stat == AGGREGATES[0] else [])
+        ax.set_xlabel(names[stat])
+        ax.grid(alpha=0.3, axis="x")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_performance_profiles(profiles: pd.DataFrame, by: str = "algo",
+                              path: str | os.PathLike | None = None, title: str = ""):
+    """`jaxac.analysis.performance_profiles`: the fraction of scores above tau, with its band,
+    one line per value of `by`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, (name, group) in enumerate(profiles.groupby(by, sort=True)):
+        ax.plot(group["tau"], group["fraction"], color=f"C{i % 10}", lw=2, label=str(name))
+        ax.fill_between(group["tau"], group["low"], group["high"], color=f"C{i % 10}",
+                        alpha=0.2, lw=0)
+    ax.set_xlabel("normalised score tau")
+    ax.set_ylabel("fraction of runs with score > tau")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
     return _finish(fig, path)

@@ -30,38 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxac.references import BY_PRESET, REFERENCES, Reference, random_policy_returns
+
 ALGOS = ("a2c", "a3c")
 TABLE_FILE, CSV_FILE, FIGURE_FILE = "results.md", "results.csv", "learning_curves.png"
 CONFIDENCE, BOOTSTRAP_RESAMPLES = 0.95, 10_000
 
 
-@dataclass(frozen=True)
-class Reference:
-    """A preset (`conf/env/<preset>.yaml`) and the published return it is measured against."""
-
-    preset: str
-    env: str
-    value: float | None  # None: no published reference (the suite reports what it reaches)
-    source: str
-    steps: int | None = None  # env steps the reference was trained for, where it says
-
-
-REFERENCES = (
-    Reference("cartpole", "CartPole-v1", 500.0, "rl-baselines3-zoo A2C (benchmark.md)",
-              500_000),
-    Reference("acrobot", "Acrobot-v1", -83.4, "rl-baselines3-zoo A2C", 500_000),
-    Reference("mountaincar", "MountainCar-v0", -111.3, "rl-baselines3-zoo A2C", 1_000_000),
-    Reference("mountaincar_continuous", "MountainCarContinuous-v0", 91.2,
-              "rl-baselines3-zoo A2C (gSDE)", 100_000),
-    Reference("pendulum", "Pendulum-v1", -163.0, "rl-baselines3-zoo A2C (gSDE)", 1_000_000),
-    Reference("catch", "Catch-bsuite", 1.0, "gymnax README, PPO"),
-    Reference("asterix", "Asterix-MinAtar", 15.0, "gymnax README, PPO", 10_000_000),
-    Reference("breakout", "Breakout-MinAtar", 28.0, "gymnax README, PPO"),
-    Reference("freeway", "Freeway-MinAtar", 58.0, "gymnax README, PPO"),
-    Reference("spaceinvaders", "SpaceInvaders-MinAtar", 131.0, "gymnax README, PPO"),
-    Reference("seaquest", "Seaquest-MinAtar", None, "none published"),
-)
-BY_PRESET = {r.preset: r for r in REFERENCES}
 
 
 @dataclass
@@ -405,9 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("suite") / date.today().isoformat())
     parser.add_argument("--report", action="store_true",
                         help="only rebuild the table and figure from the runs already there")
+    parser.add_argument("--random-returns", action="store_true",
+                        help="only measure a uniformly random policy's mean return in each of "
+                             "--envs (the zero of jaxac.analysis's normalised scores)")
     parser.add_argument("overrides", nargs="*",
                         help="config overrides for every run, e.g. total_steps=100000")
     args = parser.parse_args(argv)
+    if args.random_returns:
+        from jaxac import platform
+
+        platform.set_up()
+        for preset in args.envs:
+            env = BY_PRESET[preset].env
+            print(f"{env}: {random_policy_returns(env):.3f}", flush=True)
+        return 0
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: allowed: a whole number >= 1")
     own = ("seed", "seeds", "algo", "env")

@@ -29,7 +29,8 @@ def preset_sweep(tmp_path_factory):
     (workers=0) so that some combinations fail."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
     out = sweep("+experiment=workers_rollout", "total_steps=3000", "log_interval=1000",
-                "eval_episodes=3", "workers=0,2", "seed=0", "hydra/launcher=joblib",
+                "eval_episodes=3", "eval_every=1500", "workers=0,2", "seed=0",
+                "hydra/launcher=joblib",
                 "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}")
     return sweep_dir, out
 
@@ -126,8 +127,12 @@ def test_notebook_runs_end_to_end_on_the_sweep(preset_sweep):
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 7  # curves x2, heatmaps x2, final return, throughput, staleness
+    # curves x2, heatmaps x2, final return, throughput, staleness, evaluation curves,
+    # aggregates, performance profiles
+    assert len(images) >= 10
     assert ": 8 runs" in "".join(o.get("text", "") for o in outputs)
+    tables = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "optimality_gap" in tables and "iqm_high" in tables
 
 
 @pytest.mark.slow
