@@ -30,6 +30,11 @@ OPTIMIZERS = ("rmsprop", "adam")
 UPDATE_MODES = ("locked", "hogwild")  # A3C: `algo.update`
 BACKENDS = ("threads", "ray")  # A3C: `algo.backend`
 RAY_INSTALL = 'pip install -e ".[ray]"'
+# What `python -m jaxac.run` returns to a Hydra sweeper (Optuna), to maximise: the mean final
+# greedy return over seeds | minus the mean env steps to the solve threshold (an unsolved seed
+# counts the whole budget).
+OBJECTIVES = ("final_return", "steps_to_threshold")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
@@ -127,12 +132,42 @@ class RayConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    """`logger=tensorboard`: event files in the run directory (tensorboardX; no TensorFlow)."""
+
+    dir: str = "tensorboard"  # relative to the run directory
+    flush_secs: float = 10.0
+
+
+@dataclass
+class WandbConfig:
+    """`logger=wandb`: a Weights & Biases run per jaxac run."""
+
+    project: str = "jaxac"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the sweep's directory name in a sweep, else none
+    tags: list[str] = field(default_factory=list)
+    mode: str = "online"  # one of WANDB_MODES; offline writes into the run directory only
+    init_timeout: float = 60.0  # seconds wandb.init may take before the tracker is given up
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment trackers, fed off the training path (jaxac/trackers.py); null: not used.
+    `logger=[tensorboard,wandb]` selects both (conf/logger/)."""
+
+    tensorboard: Optional[TensorBoardConfig] = None
+    wandb: Optional[WandbConfig] = None
+
+
+@dataclass
 class Config:
     algo: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     seeds: int = 1  # independent agents trained side by side (vmapped)
     workers: int = 8  # parallel actors: vmapped environments for A2C, threads for A3C
@@ -144,6 +179,12 @@ class Config:
     log_interval: int = 20_000  # environment steps between two metric lines
     progress_seconds: float = 2.0  # at most this long between two console progress lines
     eval_episodes: int = 100  # greedy evaluation episodes at the end of training
+    # Greedy evaluation during training every this many env steps (per seed); 0: off
+    eval_every: int = 0
+    eval_episodes_during: int = 10  # episodes per seed of each evaluation during training
+    # Render the final greedy policy into final_policy.gif (environments with a gymnax visualiser)
+    render_final: bool = False
+    objective: str = "final_return"  # one of OBJECTIVES: what the run returns to a sweeper
     stop_when_solved: bool = False  # end training at the first log point where every seed solved
     checkpoint_every: int = 100_000  # env steps between training checkpoints; 0: only the last
     checkpoint_keep: int = 2  # newest training checkpoints kept on disk
@@ -162,6 +203,7 @@ class JaxacLauncherConf:
     """The default sweep launcher (hydra_plugins/jaxac_launcher)."""
 
     _target_: str = "hydra_plugins.jaxac_launcher.JaxacLauncher"
+    n_jobs: int = 1  # > 1: a batch's jobs in parallel processes (joblib), e.g. Optuna's trials
 
 
 @dataclass
@@ -220,7 +262,11 @@ def steps_per_update(cfg: DictConfig) -> int:
 def schema_for(algo: str) -> DictConfig:
     """The schema of a run of `algo`, every key at its default."""
     node = A3CConfig if algo == "a3c" else A2CConfig
-    return OmegaConf.merge(OmegaConf.structured(Config), {"algo": OmegaConf.structured(node)})
+    # the trackers' sections as they are when selected (null when not), to check their keys
+    trackers = {"tensorboard": OmegaConf.structured(TensorBoardConfig),
+                "wandb": OmegaConf.structured(WandbConfig)}
+    return OmegaConf.merge(OmegaConf.structured(Config), {"algo": OmegaConf.structured(node),
+                                                         "logger": trackers})
 
 
 def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -305,6 +351,7 @@ def validate(cfg: DictConfig, available_devices: int, processes: int = 1) -> Non
     require(cfg.log_interval >= 1, "log_interval", cfg.log_interval, "an integer >= 1")
     require(cfg.progress_seconds > 0, "progress_seconds", cfg.progress_seconds, "a number > 0")
     require(cfg.eval_episodes >= 0, "eval_episodes", cfg.eval_episodes, "an integer >= 0")
+    validate_reporting(cfg)
     require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
              "an integer >= 0 (0: only the final checkpoint)")
     require(cfg.checkpoint_keep >= 1, "checkpoint_keep", cfg.checkpoint_keep, "an integer >= 1")
@@ -448,6 +495,43 @@ def _check_memory(cfg: DictConfig, obs_shape: tuple[int, ...]) -> None:
             f"and this machine has {resources.gib(have or 0)} available")
 
 
+def validate_reporting(cfg: DictConfig) -> None:
+    """Check evaluation during training, rendering, the objective and the trackers."""
+    require(cfg.get("eval_every", 0) >= 0, "eval_every", cfg.get("eval_every"),
+            "an integer >= 0 (env steps per seed between evaluations; 0: off)")
+    require(cfg.get("eval_episodes_during", 1) >= 1, "eval_episodes_during",
+            cfg.get("eval_episodes_during"), "an integer >= 1")
+    objective = cfg.get("objective", "final_return")
+    require(objective in OBJECTIVES, "objective", objective, f"one of {', '.join(OBJECTIVES)}")
+    if objective == "steps_to_threshold":
+        from jaxac.envs import solve_threshold
+
+        require(solve_threshold(cfg.env.name, cfg.env.solve_threshold) is not None,
+                "objective", objective, f"final_return for env.name={cfg.env.name}, which has no "
+                "solve threshold; or set env.solve_threshold")
+    if cfg.get("render_final"):
+        from jaxac.render import renderable_message
+
+        problem = renderable_message(cfg.env.name)
+        require(problem is None, "render_final", True, f"false here: {problem}")
+    trackers = cfg.get("logger") or {}
+    wandb = trackers.get("wandb")
+    if wandb is not None:
+        require(wandb.mode in WANDB_MODES, "logger.wandb.mode", wandb.mode,
+                f"one of {', '.join(WANDB_MODES)}")
+        require(wandb.init_timeout > 0, "logger.wandb.init_timeout", wandb.init_timeout,
+                "a number of seconds > 0")
+    tensorboard = trackers.get("tensorboard")
+    if tensorboard is not None:
+        require(tensorboard.flush_secs > 0, "logger.tensorboard.flush_secs",
+                tensorboard.flush_secs, "a number of seconds > 0")
+    from jaxac.trackers import missing_packages
+
+    for name, package, extra in missing_packages(cfg):
+        raise ConfigError(f"logger.{name}", "selected", f"not selected here: {package} is not "
+                          f"installed; install it with pip install -e \".[{extra}]\"")
+
+
 def validate_xla_cpu_threads(cfg: DictConfig) -> None:
     """Check `xla_cpu_threads` alone: it is applied before JAX starts, ahead of `validate`."""
     threads = cfg.get("xla_cpu_threads")
@@ -515,10 +599,13 @@ def _host_port(address: str) -> bool:
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The config `python -m jaxac.run OVERRIDES...` would use (for tests and notebooks)."""
+def compose_config(overrides: list[str] | None = None,
+                   return_hydra_config: bool = False) -> DictConfig:
+    """The config `python -m jaxac.run OVERRIDES...` would use (for tests and notebooks); with
+    `return_hydra_config`, Hydra's own section too."""
     from hydra import compose, initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return compose(config_name="config", overrides=list(overrides or []))
+        return compose(config_name="config", overrides=list(overrides or []),
+                       return_hydra_config=return_hydra_config)

@@ -40,7 +40,8 @@ from jaxac.config import CONF_DIR, ConfigError, register_configs, validate, vali
 from jaxac import platform
 from jaxac.platform import set_up_run as set_up_platform, use_compilation_cache
 from jaxac.envs import make_env, solve_threshold
-from jaxac.evaluate import evaluate_seeds
+from jaxac.evaluate import GreedyEvaluator, PeriodicEvaluation, evaluate_seeds
+from jaxac.trackers import Trackers, make_trackers
 from jaxac.results import TrainResult
 from jaxac.metrics import (MetricsWriter, Progress, environment_info, peak_memory_mb,
                            truncate_metrics, write_json)
@@ -156,6 +157,34 @@ def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platfo
             record_failure(run_dir, "aborted", f"ended by a second {name}; metrics and the last "
                            "periodic checkpoint kept", exit_code=EXIT_INTERRUPTED)
 
+    evaluation = None
+    if cfg.get("eval_every", 0) > 0:
+        evaluation = PeriodicEvaluation(
+            GreedyEvaluator(spec, network.apply, int(cfg.eval_episodes_during),
+                            bool(cfg.env.normalize_obs)),
+            int(cfg.eval_every), int(cfg.seed),
+            history=checkpoint.meta.get("evaluations") if checkpoint is not None else None)
+    # Process 0 (or the only process) feeds the trackers, as it writes metrics.jsonl.
+    trackers = (make_trackers(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True),
+                              checkpoint.env_steps if checkpoint is not None else None,
+                              _sweep_name())
+                if main_process else Trackers([], {}, ""))
+    summary, images = None, {}
+    try:
+        summary, images = _train(cfg, run_dir, spec, network, devices, threshold, progress,
+                                 checkpointer, checkpoint, layout, main_process, evaluation,
+                                 trackers, aborted)
+    finally:
+        trackers.close(summary, images, timeout=_tracker_timeout(cfg))
+    return summary
+
+
+def _train(cfg: DictConfig, run_dir: Path, spec, network, devices: list[Any],
+           threshold: float | None, progress: Progress, checkpointer: Checkpointer, checkpoint,
+           layout: platform.Layout, main_process: bool, evaluation: PeriodicEvaluation | None,
+           trackers, aborted) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Train, evaluate, write the records; returns the summary and the figures it drew."""
+    images: dict[str, Path] = {}
     # Until the summary is written, a second Ctrl-C ends the run within a second (signals.py).
     with StopRequest(on_abort=aborted) as stop:
         trainer = TRAINERS[cfg.algo.name](cfg, spec, network, devices)  # compiles its init
@@ -168,7 +197,9 @@ def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platfo
                 result = loop.train(trainer, writer, progress, stop, checkpointer,
                                     seed=int(cfg.seed), log_interval=int(cfg.log_interval),
                                     stop_when_solved=bool(cfg.stop_when_solved),
-                                    agree=vote.any)
+                                    agree=vote.any, evaluation=evaluation,
+                                    to_host=distributed.to_host,
+                                    sink=trackers.log if trackers else None)
             except Exception as error:
                 if distributed.process_count() > 1 and distributed.is_collective_failure(error):
                     raise distributed.lost_in_collective(error) from error
@@ -191,10 +222,14 @@ def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platfo
                                           int(cfg.eval_episodes), bool(cfg.env.normalize_obs))
         summary = build_summary(cfg, result, eval_returns, threshold, layout, devices,
                                 checkpoint.env_steps if checkpoint else None)
+        summary["eval_during"] = evaluation.summary() if evaluation is not None else None
+        summary["objective"] = objective(cfg, summary, threshold)
         if not main_process:
             log.info(f"process {distributed.process_index()}: training done; process 0 writes "
                      f"the records into {run_dir}")
-            return summary
+            return summary, images
+        if cfg.get("render_final") and result.diverged is None:
+            summary["render"] = _render_final(spec, network, params, obs_stats, cfg, run_dir)
         write_json(run_dir / "summary.json", summary)
         try:
             metrics = read_metrics(run_dir)
@@ -205,6 +240,7 @@ def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platfo
             figure = plot_learning_curve(metrics, f"{cfg.algo.name} on {cfg.env.name}",
                                          threshold, run_dir / "learning_curve.png")
             plt.close(figure)  # release it: a sweep runs many jobs in one process
+            images["learning_curve"] = run_dir / "learning_curve.png"
     ev, rate = summary["final_eval"], summary["steps_per_second_median"]
     outcome = "diverged" if result.diverged else "interrupted" if result.interrupted else "done"
     log.info(f"{outcome}: {result.env_steps:,} env steps per seed in {result.train_seconds:.1f} s "
@@ -212,7 +248,49 @@ def _train_and_record(cfg: DictConfig, run_dir: Path, checkpoint, layout: platfo
              f"{'n/a' if rate is None else f'{rate:,.0f}'} steps/s); greedy eval return "
              f"{_fmt(ev['return_mean'])}; solved: "
              f"{summary['solved']['all_seeds'] if threshold is not None else 'n/a (no threshold)'}")
-    return summary
+    return summary, images
+
+
+def objective(cfg: DictConfig, summary: dict[str, Any], threshold: float | None) -> dict:
+    """What the run returns to a Hydra sweeper (Optuna maximises it), by `objective`: the mean
+    final greedy return over seeds, or minus the mean env steps to the solve threshold (an
+    unsolved seed counts the whole budget). None for a diverged or interrupted run."""
+    name = cfg.get("objective", "final_return")
+    value = None
+    if summary["diverged"] is None and not summary["interrupted"]:
+        if name == "final_return":
+            value = summary["final_eval"]["return_mean"]
+        elif threshold is not None:
+            steps = [s if s is not None else int(cfg.total_steps)
+                     for s in summary["solved"]["env_steps"]]
+            value = -float(np.mean(steps))
+    return {"name": name, "value": value, "maximize": True}
+
+
+def _render_final(spec, network, params, obs_stats, cfg: DictConfig, run_dir: Path) -> dict:
+    """`render_final`: one greedy episode of the first seed's final policy, as a GIF."""
+    from jaxac.render import play_greedy, write_animation
+
+    first = jax.tree.map(lambda x: x[0], (params, obs_stats))
+    states, returns, lengths = play_greedy(spec, network.apply, *first,
+                                           jax.random.PRNGKey(int(cfg.seed) + 3_000_017),
+                                           bool(cfg.env.normalize_obs))
+    written = write_animation(spec, states, returns, run_dir / "final_policy.gif")
+    log.info(f"rendered the final policy ({lengths[0]} steps) into {written[0]}")
+    return {"files": [p.name for p in written], "episode_length": lengths[0],
+            "episode_return": returns[-1], "seed_index": 0}
+
+
+def _sweep_name() -> str | None:
+    """The sweep directory's name in a sweep (`-m`), for the trackers' group; else None."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
+
+
+def _tracker_timeout(cfg: DictConfig) -> float:
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    return 30.0 + (float(wandb.init_timeout) if wandb is not None else 0.0)
 
 
 def build_summary(cfg: DictConfig, result: TrainResult, eval_returns: np.ndarray,
@@ -345,7 +423,7 @@ def main(cfg: DictConfig) -> float | None:
         if in_sweep:
             raise KeyboardInterrupt  # stop the whole sweep, not just this job
         sys.exit(EXIT_INTERRUPTED)
-    return summary["final_eval"]["return_mean"]
+    return summary["objective"]["value"]
 
 
 # Hydra's own composition errors: a value of the wrong type, an unknown key or group option.

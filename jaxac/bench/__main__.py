@@ -13,7 +13,8 @@ from pathlib import Path
 
 # "layouts": A2C on one XLA thread, split over CPU devices, and the default layout's check, at
 # the a2c section's batch sizes (CPU only)
-SECTIONS = ("a2c", "layouts", "a3c", "solve", "distributed", "ray")
+# "trackers": A2C steps/s with each experiment tracker against none (whole runs)
+SECTIONS = ("a2c", "layouts", "a3c", "solve", "distributed", "ray", "trackers")
 
 
 def parse_workers(value: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -149,6 +150,14 @@ def run(args: argparse.Namespace, sections: set[str]):
             print(f"A3C workers={row.workers}: threads "
                   f"{row.threads_steps_per_second.median:,.0f}, Ray "
                   f"{row.ray_steps_per_second.median:,.0f} steps/s", flush=True)
+    if "trackers" in sections:
+        from jaxac.bench import trackers
+
+        results.trackers = trackers.measure(min(args.repeats, 5))
+        for row in results.trackers:
+            print(f"A2C workers={trackers.WORKERS} logger={row.logger}: "
+                  f"{row.steps_per_second.median:,.0f} steps/s ({row.ratio:.3f} of none)",
+                  flush=True)
     if args.vs == "sb3":
         from jaxac.bench import sb3
 

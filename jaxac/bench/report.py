@@ -10,6 +10,7 @@ from jaxac.bench.a2c import A2CRow, DefaultLayoutRow, DeviceRow, OneCoreRow, Spl
 from jaxac.bench.a3c import A3CRow, CallCost, CeilingRow
 from jaxac.bench.distributed import DistributedRow
 from jaxac.bench.ray_a3c import RayFloor, RayRow, server_capacity
+from jaxac.bench.trackers import TrackerRow
 from jaxac.bench.roofline import ROLLOUT
 from jaxac.bench.sb3 import SB3Result
 from jaxac.bench.solve import SolveResult
@@ -49,6 +50,7 @@ class BenchResults:
     distributed: list[DistributedRow] = field(default_factory=list)
     ray: list[RayRow] = field(default_factory=list)
     ray_floor: RayFloor | None = None
+    trackers: list[TrackerRow] = field(default_factory=list)
     sb3: SB3Result | None = None
 
 
@@ -219,6 +221,12 @@ def report(results: BenchResults) -> str:
         for r in results.distributed:
             lines.append(f"{r.workers:<9}{_fmt_spread(r.one_process):<30}"
                          f"{_fmt_spread(r.two_processes):<30}{r.ratio:>6.2f}")
+    if results.trackers:
+        lines += ["", "A2C on CartPole-v1 at 8 workers, whole runs, with each experiment tracker "
+                      "(median interval steps/s; the trackers write from their own thread)",
+                  f"{'logger':<13}{'steps/s':<30}{'/ none':>7}"]
+        for r in results.trackers:
+            lines.append(f"{r.logger:<13}{_fmt_spread(r.steps_per_second):<30}{r.ratio:>7.3f}")
     if results.ray:
         lines += ["", "A3C on CartPole-v1 on Ray (algo.backend=ray, a local instance) against the "
                       "thread backend, same runs alternated",
