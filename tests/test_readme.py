@@ -49,14 +49,14 @@ def _leaves(cfg, prefix: str = "") -> dict:
 
 
 def test_readme_options_table_is_the_schema():
-    """Every schema key is in the options table, with the schema's default for A2C and, where it
+    """Every schema key is in the options table (docs/options.md), with the schema's default for A2C and, where it
     differs, for A3C; every key in the table exists."""
     from omegaconf import OmegaConf
 
     from jaxac.config import A2CConfig, A3CConfig, Config, compose_config
 
-    readme = (ROOT / "README.md").read_text()
-    rows = {cells[0].strip("`"): cells for cells in _table(readme, "| option | default | A3C |")}
+    options = (ROOT / "docs" / "options.md").read_text()
+    rows = {cells[0].strip("`"): cells for cells in _table(options, "| option | default | A3C |")}
     schema = {algo: _leaves(OmegaConf.merge(OmegaConf.structured(Config),
                                             {"algo": OmegaConf.structured(node)}))
               for algo, node in (("a2c", A2CConfig), ("a3c", A3CConfig))}
