@@ -2,7 +2,9 @@
 
 Validates the configuration, trains with the trainer `algo` names, then writes into Hydra's run
 directory: `metrics.jsonl`, `summary.json`, `learning_curve.png`, `checkpoint/policy.msgpack` and
-the training checkpoints `checkpoint/state-*`. `resume=RUN_DIR` continues a run in its directory.
+the training checkpoints `checkpoint/state-*` (and the trackers' files with `logger=...`, the
+final policy's GIF with `render_final=true`). `resume=RUN_DIR` continues a run in its directory.
+Returns the run's `objective` to a Hydra sweeper (Optuna's).
 
 Exit status: 0 done, 1 an A3C worker failed, 2 invalid configuration (Hydra's own type and key
 errors too), 3 training diverged (non-finite loss, gradient or parameters), 4 a write failed (the
@@ -275,7 +277,11 @@ def _render_final(spec, network, params, obs_stats, cfg: DictConfig, run_dir: Pa
     states, returns, lengths = play_greedy(spec, network.apply, *first,
                                            jax.random.PRNGKey(int(cfg.seed) + 3_000_017),
                                            bool(cfg.env.normalize_obs))
-    written = write_animation(spec, states, returns, run_dir / "final_policy.gif")
+    try:
+        written = write_animation(spec, states, returns, run_dir / "final_policy.gif")
+    except Exception as error:  # noqa: BLE001 - a drawing problem must not cost the trained run
+        log.warning(f"render_final: the final policy was not rendered ({error!r})")
+        return {"files": [], "error": repr(error)}
     log.info(f"rendered the final policy ({lengths[0]} steps) into {written[0]}")
     return {"files": [p.name for p in written], "episode_length": lengths[0],
             "episode_return": returns[-1], "seed_index": 0}

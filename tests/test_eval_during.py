@@ -84,16 +84,6 @@ def test_a3c_evaluates_a_snapshot_while_its_workers_go_on(tmp_path):
     assert history["last"]["env_steps"] == int(snapshot[-1])
 
 
-@pytest.mark.slow
-def test_a_resumed_run_keeps_its_evaluations(tmp_path):
-    from jaxac.run import execute
-
-    execute(compose_config(BASE + ["checkpoint_every=4000"]), tmp_path)
-    summary = execute(compose_config([f"resume={tmp_path}"]), None, ["total_steps=12000"])
-    assert summary["eval_during"]["evaluations"] == 6
-    assert sorted(eval_rows(tmp_path)["env_steps"]) == [2000, 4000, 6000, 8000, 10000, 12000]
-
-
 @pytest.mark.parametrize("override,key", [("eval_every=-5", "eval_every"),
                                           ("eval_episodes_during=0", "eval_episodes_during")])
 def test_bad_evaluation_settings_name_the_key(override, key):

@@ -75,13 +75,13 @@ def tracked_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tracked")
     execute(compose_config(SHORT + BOTH + ["seeds=2", "eval_every=4000"]), run_dir)
     first_ids, _ = wandb_history(run_dir)
-    execute(compose_config([f"resume={run_dir}"]), None, ["total_steps=12000"])
-    return run_dir, first_ids
+    summary = execute(compose_config([f"resume={run_dir}"]), None, ["total_steps=12000"])
+    return run_dir, first_ids, summary
 
 
 @pytest.mark.slow
 def test_tensorboard_holds_the_metrics_of_every_seed(tracked_run):
-    run_dir, _ = tracked_run
+    run_dir, _, _ = tracked_run
     metrics = read_metrics(run_dir)
     assert sorted(metrics["env_steps"].unique()) == [2000, 4000, 6000, 8000, 10000, 12000]
     for seed_index in (0, 1):
@@ -102,7 +102,7 @@ def test_tensorboard_holds_the_metrics_of_every_seed(tracked_run):
 
 @pytest.mark.slow
 def test_wandb_offline_history_holds_the_metrics_and_the_resume_continues_it(tracked_run):
-    run_dir, first_ids = tracked_run
+    run_dir, first_ids, _ = tracked_run
     ids, history = wandb_history(run_dir)
     assert len(first_ids) == 1 and len(ids) == 2 and set(ids) == set(first_ids)
     metrics = read_metrics(run_dir)
@@ -153,3 +153,15 @@ def test_tracker_settings_are_checked_before_anything_starts():
     with pytest.raises(ConfigError) as info:
         validate(compose_config(["logger=tensorboard", "+logger.tensorboard.colour=red"]), 1)
     assert info.value.key == "logger.tensorboard.colour"
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_evaluations(tracked_run):
+    run_dir, _, summary = tracked_run
+    metrics = read_metrics(run_dir)
+    evaluated = sorted(metrics.loc[metrics["eval_return"].notna(), "env_steps"].unique())
+    assert evaluated == [4000, 8000, 12000]
+    during = summary["eval_during"]  # the evaluations before the resume count too
+    assert during["evaluations"] == 3 and during["last"]["env_steps"] == 12000
+    per_point = metrics.groupby("env_steps")["eval_return"].mean().dropna()
+    assert during["best"]["return_mean"] == pytest.approx(per_point.max())
