@@ -189,8 +189,11 @@ def render(parser: argparse.ArgumentParser, policy: Any, args: argparse.Namespac
         written = write_animation(policy.spec, states, returns, args.render)
     except ValueError as error:
         parser.error(str(error))
+    ends = np.cumsum(lengths) - 1  # the return so far at each episode's last step
     print(json.dumps({"env": policy.spec.name, "seed_index": args.seed_index,
-                      "episode_lengths": lengths, "frames": len(states),
+                      "episode_lengths": lengths,
+                      "episode_returns": [round(returns[i], 3) for i in ends],
+                      "frames": len(states),
                       "files": [str(p) for p in written]}))
 
 

@@ -36,6 +36,8 @@ def test_cartpole_gif_has_a_frame_per_step_and_the_run_links_its_final_gif(tmp_p
                    "--seed-index", "1")
     assert out["seed_index"] == 1 and len(out["episode_lengths"]) == 2
     assert gif_frames(tmp_path / "watch.gif") == sum(out["episode_lengths"]) == out["frames"]
+    # CartPole pays 1 per step: each episode's return is its length
+    assert out["episode_returns"] == [float(n) for n in out["episode_lengths"]]
 
 
 @pytest.mark.slow
