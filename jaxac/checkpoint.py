@@ -295,7 +295,8 @@ class Checkpointer:
 # What a resumed run may change: how long it goes on and how it reports, never what it learns.
 RESUME_CHANGEABLE = {"total_steps": int, "eval_episodes": int, "progress_seconds": (int, float),
                      "checkpoint_every": int, "checkpoint_keep": int, "devices": (int, type(None)),
-                     "xla_cpu_threads": (int, type(None)),
+                     "xla_cpu_threads": (int, type(None)), "eval_every": int,
+                     "eval_episodes_during": int, "render_final": bool,
                      # A3C's checkpoints are the same in both backends
                      "algo.backend": str}
 
@@ -330,7 +331,8 @@ def resume_config(resume: str, overrides: list[str] = ()) -> DictConfig:
         require(key in RESUME_CHANGEABLE, key, value,
                  f"left as saved when resuming (the run continues with its own config); only "
                  f"{changeable} may change")
-        require(isinstance(value, RESUME_CHANGEABLE[key]) and not isinstance(value, bool), key,
+        wanted = RESUME_CHANGEABLE[key]
+        require(isinstance(value, wanted) and (wanted is bool or not isinstance(value, bool)), key,
                  value, f"a value of type {RESUME_CHANGEABLE[key]}")
         OmegaConf.update(cfg, key, value)
     require(cfg.total_steps >= checkpoint.env_steps, "total_steps", cfg.total_steps,

@@ -97,6 +97,9 @@ def test_resume_refuses_to_change_what_the_run_learns(tmp_path):
     assert info.value.key == "total_steps" and "4,000 env steps" in str(info.value)
     # how many XLA threads it runs on is not what it learns: a resume may change it
     assert resume_config(str(tmp_path), ["xla_cpu_threads=1"]).xla_cpu_threads == 1
+    # nor how it reports: evaluation during training and rendering may be added
+    resumed = resume_config(str(tmp_path), ["eval_every=1000", "render_final=true"])
+    assert resumed.eval_every == 1000 and resumed.render_final is True
 
 
 def test_workers_must_split_evenly_over_devices():
